@@ -1,0 +1,189 @@
+"""The Broker protocol, its records, and the connection core uses to talk to a broker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .errors import ConfigError
+from .plugins import CallqPluginManager, connection_plugin_manager, get_plugin_manager
+from .url import BrokerURL
+
+log = logging.getLogger("callq.broker")
+
+
+
+def default_broker_url() -> str:
+    """The embedded default: a sqlite file in the user's data directory (never the project)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return "sqlite:///" + os.path.abspath(os.path.join(base, "callq", "callq.db"))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a broker guarantees. The contract suite tests every ``True`` here.
+
+    acks: fetched messages stay owned until acked; requeue works; unacked messages of a
+        closed or dead consumer come back (at-least-once).
+    persistent: messages survive a restart of the broker server (or of the process, for
+        embedded brokers).
+    distributed: several processes (and hosts, for networked brokers) share one queue.
+    backlog: messages published while no consumer is connected are kept for later.
+    native_delay: ``publish(delay=...)`` and ``requeue(delay=...)`` are honoured by the broker.
+    priority: ``publish(priority=...)`` orders delivery, higher first.
+    exact_size: ``size()`` is exact (not an estimate).
+    redelivery_timeout: seconds within which a dead consumer's messages come back.
+    """
+
+    acks: bool = True
+    persistent: bool = False
+    distributed: bool = False
+    backlog: bool = True
+    native_delay: bool = False
+    priority: bool = False
+    exact_size: bool = True
+    redelivery_timeout: float = 30.0
+
+
+class Delivery:
+    """One fetched message: its body, its queue, and the broker's own handle (``tag``)."""
+
+    __slots__ = ("body", "queue", "tag", "redelivered")
+
+    def __init__(self, body: bytes, queue: str, tag: Any, redelivered: bool = False) -> None:
+        self.body = body
+        self.queue = queue
+        self.tag = tag
+        self.redelivered = redelivered
+
+    def __repr__(self) -> str:
+        return f"Delivery(queue={self.queue!r}, tag={self.tag!r}, {len(self.body)} bytes)"
+
+
+class BrokerBase:
+    """Base class for broker plugins.
+
+    Subclass it, set ``capabilities`` (class attribute or in ``__init__``), implement the
+    ``callq_*`` methods (the hookspecs in :mod:`callq.hookspecs` state their contracts), and
+    expose the class under the entry-point group ``callq.brokers`` with the URL scheme as
+    the entry name. Methods are called from several threads: be thread-safe.
+    """
+
+    capabilities: Capabilities = Capabilities()
+    #: how often the worker calls ``callq_heartbeat`` (seconds)
+    heartbeat_interval: ClassVar[float] = 5.0
+
+    def __init__(self, url: BrokerURL) -> None:
+        self.url = url
+
+    def callq_capabilities(self) -> Capabilities:
+        return self.capabilities
+
+    def callq_heartbeat(self) -> int:
+        return 0
+
+    def callq_close(self) -> bool:
+        return True
+
+
+class Connection:
+    """A broker opened for a URL, reached through its own plugin manager.
+
+    Core and user code call these methods; they dispatch to the broker's ``callq_*``
+    hooks so extension plugins can wrap them.
+    """
+
+    def __init__(self, url: str | BrokerURL) -> None:
+        self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
+        broker = get_plugin_manager().hook.callq_open_broker(url=self.url)
+        if broker is None:  # pragma: no cover - the default opener raises instead
+            raise ConfigError(f"no plugin opened broker URL {self.url}")
+        self.broker: BrokerBase = broker
+        self.pm: CallqPluginManager = connection_plugin_manager(broker)
+        self.hook = self.pm.hook
+        self.capabilities: Capabilities = self.hook.callq_capabilities()
+        self.heartbeat_interval: float = float(getattr(broker, "heartbeat_interval", 5.0))
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Connection({str(self.url)!r})"
+
+    def publish(
+        self, queue: str, bodies: Sequence[bytes], *, delay: float = 0.0, priority: int | None = None
+    ) -> int:
+        if delay > 0 and not self.capabilities.native_delay:
+            raise ConfigError(f"broker {self.url} has no native delay; the runner holds delays itself")
+        return self.hook.callq_publish(queue=queue, bodies=bodies, delay=delay, priority=priority)
+
+    def fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        return self.hook.callq_fetch(queue=queue, max_n=max_n, timeout=timeout)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> int:
+        return self.hook.callq_ack(deliveries=deliveries) if deliveries else 0
+
+    def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> int:
+        return self.hook.callq_requeue(deliveries=deliveries, delay=delay) if deliveries else 0
+
+    def heartbeat(self) -> int:
+        return self.hook.callq_heartbeat()
+
+    def purge(self, queue: str) -> int:
+        return self.hook.callq_purge(queue=queue)
+
+    def size(self, queue: str) -> int:
+        return self.hook.callq_size(queue=queue)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        _forget(self)
+        self.hook.callq_close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+_connections: dict[tuple[int, str], Connection] = {}
+_connections_lock = threading.Lock()
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: the argument, else ``CALLQ_BROKER_URL``, else the embedded default."""
+    return url or os.environ.get("CALLQ_BROKER_URL") or default_broker_url()
+
+
+def connect(url: str | None = None) -> Connection:
+    """The process's shared connection for ``url`` (opened on first use, reopened after fork)."""
+    key = (os.getpid(), resolve_url(url))
+    conn = _connections.get(key)
+    if conn is None or conn.closed:
+        with _connections_lock:
+            conn = _connections.get(key)
+            if conn is None or conn.closed:
+                conn = Connection(key[1])
+                _connections[key] = conn
+    return conn
+
+
+def _forget(conn: Connection) -> None:
+    with _connections_lock:
+        for key, value in list(_connections.items()):
+            if value is conn:
+                del _connections[key]
+
+
+def close_all() -> None:
+    """Close every shared connection of this process."""
+    with _connections_lock:
+        conns = [c for (pid, _), c in _connections.items() if pid == os.getpid()]
+    for conn in conns:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing must not raise on shutdown
+            log.exception("closing %s failed", conn)
