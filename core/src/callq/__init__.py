@@ -1,0 +1,18 @@
+"""callq: run any plain function distributed, concurrent and rate-controlled through a queue."""
+
+from .broker import BrokerBase, Capabilities, Connection, Delivery, connect
+from .errors import BrokerError, BrokerNotFound, CallqError, ConfigError, Reject, Requeue, Retry
+from .hookspecs import hookimpl
+from .options import TaskOptions
+from .plugins import get_plugin_manager, register, unregister
+from .runner import CallContext, Consumer, Stats, current, running_consumers, stop_all, wait
+from .task import Task, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
+    "ConfigError", "Connection", "Consumer", "Delivery", "Reject", "Requeue", "Retry", "Stats",
+    "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
+    "running_consumers", "stop_all", "task", "unregister", "wait",
+]

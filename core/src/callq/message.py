@@ -1,0 +1,81 @@
+"""The wire format: a JSON object of keyword arguments plus the reserved ``"_callq"`` key.
+
+``{"a": 3, "b": 6}`` written by any program is a valid message; metadata is optional.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+META_KEY = "_callq"
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
+class MalformedMessage(ValueError):
+    """A body that is not a call: the message says why."""
+
+
+def new_meta(*, eta: float | None = None, expires_at: float | None = None, msg_id: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"id": msg_id or uuid.uuid4().hex, "published_at": round(time.time(), 6), "attempt": 0}
+    if eta is not None:
+        meta["eta"] = eta
+    if expires_at is not None:
+        meta["expires_at"] = expires_at
+    return meta
+
+
+def encode(kwargs: Mapping[str, Any], meta: Mapping[str, Any], *, where: str = "call") -> bytes:
+    """Encode a call. Non-JSON values raise TypeError naming the argument."""
+    if META_KEY in kwargs:
+        raise TypeError(f"{where}: argument name {META_KEY!r} is reserved by callq")
+    payload = dict(kwargs)
+    payload[META_KEY] = meta
+    try:
+        return _dumps(payload).encode()
+    except (TypeError, ValueError) as exc:
+        for name, value in kwargs.items():
+            try:
+                _dumps(value)
+            except (TypeError, ValueError) as inner:
+                raise TypeError(
+                    f"{where}: argument {name!r} is not JSON-serialisable "
+                    f"({type(value).__name__}: {inner}); callq sends JSON only"
+                ) from None
+        raise TypeError(f"{where}: metadata is not JSON-serialisable ({exc})") from None
+
+
+def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a body into (kwargs, meta). MalformedMessage says what is wrong."""
+    try:
+        payload = _loads(body)
+    except UnicodeDecodeError as exc:
+        raise MalformedMessage(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
+        raise MalformedMessage(f"body is not JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise MalformedMessage(f"body is JSON {type(payload).__name__}, expected an object of keyword arguments")
+    meta = payload.pop(META_KEY, None)
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, dict):
+        raise MalformedMessage(f"{META_KEY!r} must be an object, got {type(meta).__name__}")
+    return payload, meta
+
+
+def raw_for_dead_letter(body: bytes) -> dict[str, str]:
+    """The original body as text, or base64 if it is not UTF-8."""
+    try:
+        return {"raw": body.decode()}
+    except UnicodeDecodeError:
+        return {"raw_base64": base64.b64encode(body).decode()}
+
+
+def dumps(obj: Any) -> bytes:
+    return _dumps(obj).encode()

@@ -1,0 +1,271 @@
+"""``@task``: turn a plain function into one you can push, consume and still call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import inspect
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, Generic, TypeVar, overload
+
+from typing_extensions import ParamSpec
+
+from .broker import Connection, connect
+from .errors import ConfigError
+from .message import encode, new_meta
+from .options import TaskOptions
+from .runner import Consumer, Stats, install_signal_handlers
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+PUBLISH_CHUNK = 1000
+
+
+class Task(Generic[P, R]):
+    """A function bound to a queue. Calling it runs it here; ``push`` sends it to a worker."""
+
+    def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.fn = fn
+        self.options = options
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self._signature = inspect.signature(fn)
+        self._required, self._allowed = _parameters(fn, self._signature)
+        self._consumer: Consumer | None = None
+        self._consumer_lock = threading.Lock()
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<callq task {self.name} queue={self.options.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def connection(self) -> Connection:
+        return connect(self.options.broker)
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Publish one call with these arguments; returns the message id.
+
+        Arguments are checked against the function's signature and must be JSON values.
+        """
+        return self._publish_many([self._bind(args, kwargs)], meta=new_meta())[0]
+
+    def publish(
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        countdown: float | None = None,
+        eta: dt.datetime | float | None = None,
+        priority: int | None = None,
+        id: str | None = None,  # noqa: A002 - the message id
+    ) -> str:
+        """Publish one call given as keyword arguments, with per-message options.
+
+        countdown: run no earlier than this many seconds from now.
+        eta: run no earlier than this time (aware datetime, or a UNIX timestamp).
+        priority: higher first, on brokers that support priorities.
+        id: the message id (default: a new uuid4 hex).
+        """
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"{self.name}.publish: kwargs must be a mapping of argument names, "
+                            f"got {type(kwargs).__name__}")
+        checked = self._bind((), dict(kwargs))
+        due = _due(countdown, eta)
+        return self._publish_many([checked], meta=new_meta(eta=due, msg_id=id), priority=priority)[0]
+
+    def push_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[str]:
+        """Publish many calls in batches. Each item is a tuple of positional arguments or a
+        mapping of keyword arguments; returns the message ids in order."""
+        ids: list[str] = []
+        chunk: list[dict[str, Any]] = []
+        for item in calls:
+            if isinstance(item, Mapping):
+                chunk.append(self._bind((), dict(item)))
+            elif isinstance(item, tuple):
+                chunk.append(self._bind(item, {}))
+            else:
+                raise TypeError(f"{self.name}.push_many: each call must be a tuple of positional "
+                                f"arguments or a dict of keyword arguments, got {type(item).__name__}")
+            if len(chunk) >= PUBLISH_CHUNK:
+                ids += self._publish_many(chunk)
+                chunk = []
+        if chunk:
+            ids += self._publish_many(chunk)
+        return ids
+
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+        out: dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            if self._signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(value)
+            else:
+                out[name] = value
+        return out
+
+    def _publish_many(self, calls: list[dict[str, Any]], meta: dict[str, Any] | None = None,
+                      priority: int | None = None) -> list[str]:
+        conn = self.connection
+        metas = [meta] if meta is not None else [new_meta() for _ in calls]
+        messages = []
+        for kwargs, m in zip(calls, metas):
+            message = dict(kwargs)
+            message["_callq"] = m
+            messages.append(message)
+        hook = conn.hook.callq_before_publish
+        if hook.get_hookimpls():
+            hook(queue=self.options.queue, messages=messages)
+        bodies = []
+        for message in messages:
+            m = message.pop("_callq")
+            bodies.append(encode(message, m, where=self.name))
+        delay = 0.0
+        eta = metas[0].get("eta") if meta is not None else None
+        if eta is not None and conn.capabilities.native_delay:
+            delay = max(0.0, eta - time.time())
+        conn.publish(self.options.queue, bodies, delay=delay, priority=priority)
+        return [m["id"] for m in metas]
+
+    # --- consuming ---------------------------------------------------------------------------
+
+    def consume(self) -> Consumer:
+        """Start consuming this task's queue in background threads and return at once.
+
+        Several tasks can consume in one process; ``callq.wait()`` blocks until they stop.
+        A plain script keeps running while a consumer runs; SIGINT/SIGTERM stop it gracefully.
+        """
+        with self._consumer_lock:
+            if self._consumer is not None and self._consumer.running:
+                return self._consumer
+            install_signal_handlers()
+            self._consumer = Consumer(self).start()
+            return self._consumer
+
+    def stop(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop consuming: running calls finish, fetched ones go back to the queue."""
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.stop()
+            if wait:
+                consumer.join(timeout)
+
+    def stats(self) -> Stats | None:
+        return self._consumer.stats() if self._consumer else None
+
+    # --- queue -------------------------------------------------------------------------------
+
+    def size(self) -> int:
+        """Messages waiting on the queue."""
+        return self.connection.size(self.options.queue)
+
+    def clear(self) -> int:
+        """Delete every waiting message of the queue."""
+        return self.connection.purge(self.options.queue)
+
+    def _check_kwargs(self, kwargs: dict[str, Any]) -> str | None:
+        """Why these keyword arguments cannot call the function, or None."""
+        missing = self._required.difference(kwargs)
+        if missing:
+            return f"missing argument(s) {', '.join(sorted(missing))} for {self.name}"
+        if self._allowed is not None:
+            unknown = kwargs.keys() - self._allowed
+            if unknown:
+                return f"unexpected argument(s) {', '.join(sorted(unknown))} for {self.name}"
+        return None
+
+
+def _parameters(fn: Callable[..., Any], sig: inspect.Signature) -> tuple[frozenset[str], frozenset[str] | None]:
+    required: set[str] = set()
+    allowed: set[str] | None = set()
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            raise ConfigError(f"{fn.__qualname__}: *{p.name} cannot travel as a JSON object of keyword "
+                              "arguments; take a list parameter instead")
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise ConfigError(f"{fn.__qualname__}: positional-only parameter {p.name!r} cannot be passed "
+                              "by keyword; remove the '/' from the signature")
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            allowed = None
+            continue
+        if allowed is not None:
+            allowed.add(p.name)
+        if p.default is inspect.Parameter.empty:
+            required.add(p.name)
+    return frozenset(required), (frozenset(allowed) if allowed is not None else None)
+
+
+def _due(countdown: float | None, eta: dt.datetime | float | None) -> float | None:
+    if countdown is not None and eta is not None:
+        raise TypeError("give countdown or eta, not both")
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or countdown < 0:
+            raise TypeError(f"countdown must be a number of seconds >= 0, got {countdown!r}")
+        return time.time() + countdown
+    if eta is None:
+        return None
+    if isinstance(eta, dt.datetime):
+        if eta.tzinfo is None:
+            raise TypeError("eta must be a timezone-aware datetime (naive datetimes are ambiguous)")
+        return eta.timestamp()
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+        raise TypeError(f"eta must be an aware datetime or a UNIX timestamp, got {eta!r}")
+    return float(eta)
+
+
+@overload
+def task(queue: str, *, broker: str | None = None, concurrency: int = 32, qps: float | None = None,
+         max_retries: int = 3, retry_backoff: float = 1.0, retry_backoff_max: float = 300.0,
+         dead_letter_queue: str | None = None, prefetch_buffer: int | None = None,
+         keepalive: float = 10.0, stop_when_idle: float | None = None,
+         shutdown_timeout: float = 30.0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+@overload
+def task(queue: TaskOptions) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(
+    queue: str | TaskOptions,
+    *,
+    broker: str | None = None,
+    concurrency: int = 32,
+    qps: float | None = None,
+    max_retries: int = 3,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 300.0,
+    dead_letter_queue: str | None = None,
+    prefetch_buffer: int | None = None,
+    keepalive: float = 10.0,
+    stop_when_idle: float | None = None,
+    shutdown_timeout: float = 30.0,
+) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """Decorate a plain function to run it through ``queue``.
+
+    The parameters are those of :class:`callq.TaskOptions` (see there); pass a ready
+    ``TaskOptions`` instead of the queue name to share one set of options.
+    """
+    if isinstance(queue, TaskOptions):
+        options = queue
+    else:
+        options = TaskOptions(
+            queue=queue, broker=broker, concurrency=concurrency, qps=qps, max_retries=max_retries,
+            retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
+            dead_letter_queue=dead_letter_queue, prefetch_buffer=prefetch_buffer, keepalive=keepalive,
+            stop_when_idle=stop_when_idle, shutdown_timeout=shutdown_timeout,
+        )
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        if not callable(fn):
+            raise TypeError(f"@task decorates a function, got {type(fn).__name__}")
+        return Task(fn, options)
+
+    return decorate
