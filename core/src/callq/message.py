@@ -54,7 +54,7 @@ def encode(kwargs: Mapping[str, Any], meta: Mapping[str, Any], *, where: str = "
 def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a body into (kwargs, meta). MalformedMessage says what is wrong."""
     try:
-        payload = _loads(body)
+        payload = _loads(body.decode() if isinstance(body, (bytes, bytearray)) else body)
     except UnicodeDecodeError as exc:
         raise MalformedMessage(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except ValueError as exc:

@@ -14,7 +14,7 @@ from typing_extensions import ParamSpec
 
 from .broker import Connection, connect
 from .errors import ConfigError
-from .message import encode, new_meta
+from .message import META_KEY, encode, new_meta
 from .options import TaskOptions
 from .runner import Consumer, Stats, install_signal_handlers
 
@@ -110,6 +110,8 @@ class Task(Generic[P, R]):
                 out.update(value)
             else:
                 out[name] = value
+        if META_KEY in out:
+            raise TypeError(f"{self.name}: argument name {META_KEY!r} is reserved by callq")
         return out
 
     def _publish_many(self, calls: list[dict[str, Any]], meta: dict[str, Any] | None = None,
