@@ -1,9 +1,10 @@
 """``sqlite:///path.db``: a persistent queue in one sqlite file, shared by the processes of one machine.
 
-One table holds every queue. A row is *waiting* (``owner`` NULL) or *leased* (``owner`` set).
-``available_at`` is when a waiting row may be delivered, and for a leased row when its
-lease ends; so one condition, ``available_at <= now``, finds both ready rows and rows whose
-consumer died (stopped heartbeating), and one index serves the fetch.
+One table holds every queue. A row is *waiting* (``claim`` NULL) or *leased* (``claim`` set
+to the random number of the fetch that took it). ``available_at`` is when a waiting row
+may be delivered, and for a leased row when its lease ends; so one condition,
+``available_at <= now``, finds both ready rows and rows whose consumer died (stopped
+heartbeating), and one index serves fetch, size and purge.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,27 +28,35 @@ TABLE = "callq_messages"
 
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale tag cannot hit a new row
+        id INTEGER PRIMARY KEY,
         queue TEXT NOT NULL,
         priority INTEGER NOT NULL,
-        available_at REAL NOT NULL,            -- waiting: deliverable from; leased: lease end
-        owner TEXT,                            -- consumer holding the lease; NULL while waiting
-        deliveries INTEGER NOT NULL DEFAULT 0,
+        available_at REAL NOT NULL,       -- waiting: deliverable from; leased: lease end
+        claim INTEGER,                    -- random id of the fetch holding the lease; NULL while waiting
+        redelivered INTEGER NOT NULL DEFAULT 0,  -- 1 once requeued or released
         body BLOB NOT NULL
     )""",
     # Serves fetch (queue=?, ordered by priority, available_at <= now first in each priority),
-    # size and purge (owner is in the index, so they never read the bodies).
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_fetch ON {TABLE} (queue, priority DESC, available_at, owner)",
+    # size and purge (claim is in the index, so they never read the table).
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_fetch ON {TABLE} (queue, priority DESC, available_at, claim)",
 )
+
+#: ``PRAGMA user_version`` of the layout above; a file with another layout is refused
+SCHEMA_VERSION = 1
 
 _INSERT = f"INSERT INTO {TABLE} (queue, priority, available_at, body) VALUES (?, ?, ?, ?)"
 _ANY_READY = f"SELECT 1 FROM {TABLE} WHERE queue = ? AND available_at <= ? LIMIT 1"
 _SELECT_READY = (
-    f"SELECT id, body, deliveries, owner FROM {TABLE} WHERE queue = ? AND available_at <= ? "
+    f"SELECT id, body, redelivered, claim FROM {TABLE} WHERE queue = ? AND available_at <= ? "
     "ORDER BY priority DESC, available_at LIMIT ?"
 )
 _NEXT_DUE = f"SELECT min(available_at) FROM {TABLE} WHERE queue = ?"
-_WAITING = "queue = ? AND (owner IS NULL OR available_at <= ?)"
+_WAITING = "queue = ? AND (claim IS NULL OR available_at <= ?)"
+_CLAIM = f"UPDATE {TABLE} SET claim = ?, available_at = ? WHERE id IN ({{}})"
+_ACK = f"DELETE FROM {TABLE} WHERE claim = ? AND id IN ({{}})"
+_RELEASE = f"UPDATE {TABLE} SET claim = NULL, available_at = ?, redelivered = 1 WHERE claim = ? AND id IN ({{}})"
+_EXTEND = f"UPDATE {TABLE} SET available_at = ? WHERE claim = ? AND id IN ({{}})"
+_STILL_MINE = f"SELECT id FROM {TABLE} WHERE claim = ? AND id IN ({{}})"
 _SIZE = f"SELECT count(*) FROM {TABLE} WHERE {_WAITING}"
 _PURGE = f"DELETE FROM {TABLE} WHERE {_WAITING}"
 
@@ -94,6 +102,15 @@ def _signal_for(path: str) -> _Signal:
         if sig is None:
             sig = _signals[path] = _Signal()
         return sig
+
+
+def _new_claim() -> int:
+    """A random positive 63-bit number: unique across consumers, processes and forks."""
+    return int.from_bytes(os.urandom(8), "big") >> 1 or 1
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 def _after_fork_in_child() -> None:
@@ -166,13 +183,12 @@ class SqliteBroker(BrokerBase):
             exact_size=True,
             redelivery_timeout=self.lease + self.poll + 0.5,
         )
-        #: identifies this consumer's leases in the shared file
-        self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._signal = _signal_for(self.path)
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._fork_generation = _fork_generation
-        self._inflight: set[int] = set()
+        self._inflight: dict[int, int] = {}  # row id -> claim, fetched and not acked/requeued
+        self._backlog: set[str] = set()  # queues whose last fetch came back full
         self._recovered = 0
         self._closed = False
         directory = os.path.dirname(self.path)
@@ -187,7 +203,7 @@ class SqliteBroker(BrokerBase):
             self._checkin(db)
 
     def __repr__(self) -> str:
-        return f"SqliteBroker({self.path!r}, owner={self.owner!r})"
+        return f"SqliteBroker({self.path!r})"
 
     # --- connections ------------------------------------------------------------------------
 
@@ -216,15 +232,21 @@ class SqliteBroker(BrokerBase):
         if self._closed:
             raise BrokerError(f"sqlite broker {self.path} is closed")
         if self._fork_generation != _fork_generation:
-            # Connections inherited over fork() must never be used (nor closed) in the child.
-            with self._lock:
-                self._idle = []
-                self._inflight = set()
-                self._fork_generation = _fork_generation
+            self._after_fork()
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         return self._connect()
+
+    def _after_fork(self) -> None:
+        # Inherited sqlite connections must never be used (nor closed) in the child, and
+        # the parent's leases are not ours; locks may have been held by a parent's thread.
+        self._lock = threading.Lock()
+        self._idle = []
+        self._inflight = {}
+        self._recovered = 0
+        self._signal = _signal_for(self.path)
+        self._fork_generation = _fork_generation
 
     def _checkin(self, db: sqlite3.Connection) -> None:
         if db.in_transaction:
@@ -242,8 +264,17 @@ class SqliteBroker(BrokerBase):
     def _create_schema(self, db: sqlite3.Connection) -> None:
         try:
             db.execute("BEGIN IMMEDIATE")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            has_table = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone()
+            if has_table and version != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"sqlite file {self.path} holds callq queues of layout {version}; this "
+                    f"callq-sqlite uses layout {SCHEMA_VERSION}: drain it with the callq-sqlite "
+                    "that wrote it, or use another file")
             for statement in _SCHEMA:
                 db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise BrokerError(f"sqlite: cannot create the schema in {self.path}: {exc}") from exc
@@ -251,15 +282,21 @@ class SqliteBroker(BrokerBase):
     def _fail(self, operation: str, exc: sqlite3.Error) -> BrokerError:
         return BrokerError(f"sqlite {operation} on {self.path} failed: {exc}")
 
-    def _update_ids(self, db: sqlite3.Connection, sql: str, head: tuple[Any, ...], ids: Sequence[int]) -> int:
-        """Run ``sql`` (ending in ``id IN ({})``) over ``ids`` in chunks, in one transaction."""
-        if len(ids) <= _CHUNK:
-            return db.execute(sql.format(",".join("?" * len(ids))), (*head, *ids)).rowcount
+    @staticmethod
+    def _by_claim(db: sqlite3.Connection, sql: str, head: tuple[Any, ...], by_claim: dict[int, list[int]]) -> int:
+        """Run ``sql`` (``... claim = ? AND id IN ({})``) per claim, in chunks of ids, in one
+        transaction; ``head`` are the parameters before the claim. Return the rows changed."""
+        statements = [
+            (claim, ids[start:start + _CHUNK])
+            for claim, ids in by_claim.items() for start in range(0, len(ids), _CHUNK)
+        ]
+        if len(statements) == 1:
+            claim, ids = statements[0]
+            return db.execute(sql.format(_marks(len(ids))), (*head, claim, *ids)).rowcount
         changed = 0
         db.execute("BEGIN IMMEDIATE")
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            changed += db.execute(sql.format(",".join("?" * len(chunk))), (*head, *chunk)).rowcount
+        for claim, ids in statements:
+            changed += db.execute(sql.format(_marks(len(ids))), (*head, claim, *ids)).rowcount
         db.execute("COMMIT")
         return changed
 
@@ -297,7 +334,8 @@ class SqliteBroker(BrokerBase):
         try:
             while True:
                 generation = signal.generation
-                # data_version changes when another connection (any process) committed.
+                # data_version changes when another connection (any process) committed; in
+                # between only the clock can make rows ready, at ``next_due``.
                 version = db.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen_version or time.time() >= next_due:
                     seen_version = version
@@ -309,8 +347,7 @@ class SqliteBroker(BrokerBase):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                wait = min(pause, remaining, max(next_due - time.time(), 0.0005))
-                signal.wait(generation, wait)
+                signal.wait(generation, min(pause, remaining, max(next_due - time.time(), 0.0005)))
                 pause = min(pause * 2, self.poll)
         except sqlite3.Error as exc:
             raise self._fail("fetch", exc) from exc
@@ -318,57 +355,72 @@ class SqliteBroker(BrokerBase):
             self._checkin(db)
 
     def _claim(self, db: sqlite3.Connection, queue: str, max_n: int) -> list[Delivery]:
-        # A plain read first: idle consumers must not queue up for the write lock.
-        if db.execute(_ANY_READY, (queue, time.time())).fetchone() is None:
+        # A plain read first, so idle consumers do not queue up for the write lock; skipped
+        # while the queue has a backlog.
+        if queue not in self._backlog and db.execute(_ANY_READY, (queue, time.time())).fetchone() is None:
             return []
         db.execute("BEGIN IMMEDIATE")
         now = time.time()
         rows = db.execute(_SELECT_READY, (queue, now, max_n)).fetchall()
         if not rows:
             db.execute("COMMIT")
+            self._backlog.discard(queue)
             return []
+        claim = _new_claim()
         ids = [row[0] for row in rows]
-        db.execute(
-            f"UPDATE {TABLE} SET owner = ?, available_at = ?, deliveries = deliveries + 1 "
-            f"WHERE id IN ({','.join('?' * len(ids))})",
-            (self.owner, now + self.lease, *ids),
-        )
+        db.execute(_CLAIM.format(_marks(len(ids))), (claim, now + self.lease, *ids))
         db.execute("COMMIT")
+        if len(rows) == max_n:
+            self._backlog.add(queue)
+        else:
+            self._backlog.discard(queue)
         recovered = sum(1 for row in rows if row[3] is not None)
         with self._lock:
-            self._inflight.update(ids)
+            self._inflight.update(dict.fromkeys(ids, claim))
             self._recovered += recovered
         if recovered:
             log.info("sqlite %s: recovered %d message(s) of queue %r from expired leases",
                      self.path, recovered, queue)
-        return [Delivery(body, queue, msg_id, deliveries > 0) for msg_id, body, deliveries, _ in rows]
+        # The tag is (row id, claim): a row id can be reused after a delete, the pair cannot.
+        # A row seen before was requeued, released, or leased by a consumer that died.
+        return [Delivery(body, queue, (msg_id, claim), bool(again) or old_claim is not None)
+                for msg_id, body, again, old_claim in rows]
 
-    def _forget(self, deliveries: Iterable[Delivery]) -> list[int]:
-        ids = [d.tag for d in deliveries]
+    def _forget(self, deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
+        """Drop ``deliveries`` from the in-flight set; return their ids grouped by claim."""
+        by_claim: dict[int, list[int]] = {}
+        inflight = self._inflight
         with self._lock:
-            self._inflight.difference_update(ids)
-        return ids
+            for d in deliveries:
+                msg_id, claim = d.tag
+                if inflight.get(msg_id) == claim:
+                    del inflight[msg_id]
+                ids = by_claim.get(claim)
+                if ids is None:
+                    by_claim[claim] = [msg_id]
+                else:
+                    ids.append(msg_id)
+        return by_claim
 
     def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
-        ids = self._forget(deliveries)
-        if not ids:
+        by_claim = self._forget(deliveries)
+        if not by_claim:
             return 0
         db = self._checkout()
         try:
-            return self._update_ids(db, f"DELETE FROM {TABLE} WHERE owner = ? AND id IN ({{}})",
-                                    (self.owner,), ids)
+            return self._by_claim(db, _ACK, (), by_claim)
         except sqlite3.Error as exc:
             raise self._fail("ack", exc) from exc
         finally:
             self._checkin(db)
 
     def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
-        ids = self._forget(deliveries)
-        if not ids:
+        by_claim = self._forget(deliveries)
+        if not by_claim:
             return 0
         db = self._checkout()
         try:
-            changed = self._release(db, ids, time.time() + max(delay, 0.0))
+            changed = self._by_claim(db, _RELEASE, (time.time() + max(delay, 0.0),), by_claim)
         except sqlite3.Error as exc:
             raise self._fail("requeue", exc) from exc
         finally:
@@ -376,43 +428,44 @@ class SqliteBroker(BrokerBase):
         self._signal.notify()
         return changed
 
-    def _release(self, db: sqlite3.Connection, ids: Sequence[int], at: float) -> int:
-        return self._update_ids(
-            db, f"UPDATE {TABLE} SET owner = NULL, available_at = ? WHERE owner = ? AND id IN ({{}})",
-            (at, self.owner), ids)
+    def _inflight_by_claim(self) -> dict[int, list[int]]:
+        by_claim: dict[int, list[int]] = {}
+        with self._lock:
+            for msg_id, claim in self._inflight.items():
+                by_claim.setdefault(claim, []).append(msg_id)
+        return by_claim
 
     def callq_heartbeat(self) -> int:
+        by_claim = self._inflight_by_claim()
         with self._lock:
-            ids = sorted(self._inflight)
             recovered, self._recovered = self._recovered, 0
-        if not ids:
+        if not by_claim:
             return recovered
         db = self._checkout()
         try:
-            kept = self._update_ids(
-                db, f"UPDATE {TABLE} SET available_at = ? WHERE owner = ? AND id IN ({{}})",
-                (time.time() + self.lease, self.owner), ids)
-            if kept < len(ids):
-                self._drop_lost_leases(db, ids)
+            kept = self._by_claim(db, _EXTEND, (time.time() + self.lease,), by_claim)
+            if kept < sum(len(ids) for ids in by_claim.values()):
+                self._drop_lost_leases(db, by_claim)
         except sqlite3.Error as exc:
             raise self._fail("heartbeat", exc) from exc
         finally:
             self._checkin(db)
         return recovered
 
-    def _drop_lost_leases(self, db: sqlite3.Connection, ids: Sequence[int]) -> None:
-        """Forget in-flight ids whose lease expired and went to another consumer (or were purged)."""
-        still_mine: set[int] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            still_mine.update(row[0] for row in db.execute(
-                f"SELECT id FROM {TABLE} WHERE owner = ? AND id IN ({marks})", (self.owner, *chunk)))
-        lost = set(ids) - still_mine
+    def _drop_lost_leases(self, db: sqlite3.Connection, by_claim: dict[int, list[int]]) -> None:
+        """Forget in-flight rows whose lease expired and went to another consumer (or were purged)."""
+        lost: list[int] = []
+        for claim, ids in by_claim.items():
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start:start + _CHUNK]
+                mine = {row[0] for row in db.execute(_STILL_MINE.format(_marks(len(chunk))), (claim, *chunk))}
+                lost.extend(i for i in chunk if i not in mine)
         with self._lock:
-            self._inflight.difference_update(lost)
-        log.warning("sqlite %s: lost the lease of %d message(s) (heartbeat too late?); "
-                    "they may run twice", self.path, len(lost))
+            for msg_id in lost:
+                self._inflight.pop(msg_id, None)
+        if lost:
+            log.warning("sqlite %s: lost the lease of %d message(s) before they were acked "
+                        "(heartbeats too late?); they may run twice", self.path, len(lost))
 
     def callq_purge(self, queue: str) -> int:
         db = self._checkout()
@@ -436,23 +489,31 @@ class SqliteBroker(BrokerBase):
         if self._closed:
             return True
         try:
-            with self._lock:
-                ids = sorted(self._inflight)
-                self._inflight.clear()
-            if ids and self._fork_generation == _fork_generation:
-                db = self._checkout()
-                try:
-                    self._release(db, ids, time.time())
-                except sqlite3.Error as exc:
-                    log.warning("sqlite %s: could not release %d message(s) on close (%s); "
-                                "they come back when their lease ends", self.path, len(ids), exc)
-                finally:
-                    self._checkin(db)
-                self._signal.notify()
+            if self._fork_generation == _fork_generation:
+                by_claim = self._inflight_by_claim()
+                if by_claim:
+                    self._release_on_close(by_claim)
         finally:
             with self._lock:
                 self._closed = True
+                self._inflight = {}
                 idle, self._idle = self._idle, []
             for db in idle:
                 db.close()
         return True
+
+    def _release_on_close(self, by_claim: dict[int, list[int]]) -> None:
+        try:
+            db = self._checkout()
+        except BrokerError as exc:
+            log.warning("sqlite %s: could not release unacked messages on close (%s); "
+                        "they come back when their lease ends", self.path, exc)
+            return
+        try:
+            self._by_claim(db, _RELEASE, (time.time(),), by_claim)
+        except sqlite3.Error as exc:
+            log.warning("sqlite %s: could not release unacked messages on close (%s); "
+                        "they come back when their lease ends", self.path, exc)
+        finally:
+            self._checkin(db)
+        self._signal.notify()
