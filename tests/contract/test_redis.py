@@ -5,7 +5,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-
 from callq.testing import BrokerContract
 
 REDIS = "redis://127.0.0.1:6379/0"

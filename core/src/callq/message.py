@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import time
+
+import orjson
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +18,7 @@ META_KEY = "_callq"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _loads = json.loads
+_fast_loads = orjson.loads
 
 
 class MalformedMessage(ValueError):
@@ -54,11 +57,14 @@ def encode(kwargs: Mapping[str, Any], meta: Mapping[str, Any], *, where: str = "
 def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a body into (kwargs, meta). MalformedMessage says what is wrong."""
     try:
-        payload = _loads(body.decode() if isinstance(body, (bytes, bytearray)) else body)
-    except UnicodeDecodeError as exc:
-        raise MalformedMessage(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except ValueError as exc:
-        raise MalformedMessage(f"body is not JSON ({exc})") from None
+        payload = _fast_loads(body)
+    except ValueError:  # orjson refuses some valid JSON (integers beyond 64 bits): ask the stdlib
+        try:
+            payload = _loads(body.decode() if isinstance(body, (bytes, bytearray)) else body)
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except ValueError as exc:
+            raise MalformedMessage(f"body is not JSON ({exc})") from None
     if not isinstance(payload, dict):
         raise MalformedMessage(f"body is JSON {type(payload).__name__}, expected an object of keyword arguments")
     meta = payload.pop(META_KEY, None)

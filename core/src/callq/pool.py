@@ -1,8 +1,14 @@
 """An elastic thread pool: threads start only when work waits, and leave when not needed.
 
-A thread leaves after ``keepalive`` seconds without work, and also right after a task when
-more threads are alive than the busiest moment of the last two keep-alive windows needed:
-work that keeps trickling in therefore cannot keep a large pool alive.
+Growth: a new thread starts when a submitted task finds no idle thread and no task was
+taken for ``grow_after`` seconds (the pool is saturated), or when a worker takes a task
+that waited longer than that. Fast tasks therefore run on few threads, slow ones get as
+many as their latency needs, up to ``max_threads``.
+
+Shrink: a thread leaves after ``keepalive`` seconds without work, and also right after a
+task (once it has lived ``keepalive`` seconds) when more threads are alive than the busiest
+moment of the last two keep-alive windows needed: work that keeps trickling in cannot keep a
+large pool alive.
 """
 
 from __future__ import annotations
@@ -19,12 +25,15 @@ _STOP = object()
 
 
 class ElasticPool:
-    def __init__(self, max_threads: int, keepalive: float = 10.0, name: str = "callq") -> None:
+    def __init__(self, max_threads: int, keepalive: float = 10.0, name: str = "callq",
+                 grow_after: float = 0.02) -> None:
         self.max_threads = max_threads
         self.keepalive = keepalive
+        self.grow_after = grow_after
         self.name = name
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._all_done = threading.Condition(self._lock)
         self._threads = 0
         self._idle = 0
         self._pending = 0
@@ -32,8 +41,8 @@ class ElasticPool:
         self._peak_now = 0
         self._peak_before = 0
         self._window_ends = time.monotonic() + keepalive
+        self._last_take = time.monotonic()
         self._seq = 0
-        self._all_done = threading.Condition(self._lock)
         self.threads_started = 0
 
     @property
@@ -44,18 +53,38 @@ class ElasticPool:
     def busy(self) -> int:
         return self._busy
 
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def idle(self) -> int:
+        return self._idle
+
     def submit(self, fn: Callable[[Any], None], arg: Any) -> None:
+        now = time.monotonic()
+        self._q.put((fn, arg, now))
         with self._lock:
             self._pending += 1
-            spawn = self._pending > self._idle and self._threads < self.max_threads
-            if spawn:
-                self._threads += 1
-                self._seq += 1
-                seq = self._seq
-        self._q.put((fn, arg))
-        if spawn:
+            if self._threads == 0 or (
+                self._pending > self._idle and now - self._last_take > self.grow_after
+            ):
+                self._spawn_locked(1)
+
+    def grow_if_starved(self) -> None:
+        """Start threads if tasks wait and none was taken recently (call it now and then)."""
+        with self._lock:
+            if self._pending > self._idle and time.monotonic() - self._last_take > self.grow_after:
+                self._spawn_locked(self._pending - self._idle)
+
+    def _spawn_locked(self, n: int) -> None:
+        n = min(n, self.max_threads - self._threads)
+        for _ in range(n):
+            self._threads += 1
+            self._idle += 1  # counts as idle until it takes its first task
+            self._seq += 1
             self.threads_started += 1
-            threading.Thread(target=self._work, name=f"{self.name}-{seq}", daemon=True).start()
+            threading.Thread(target=self._work, name=f"{self.name}-{self._seq}", daemon=True).start()
 
     def _needed(self, now: float) -> int:
         if now >= self._window_ends:
@@ -68,28 +97,40 @@ class ElasticPool:
         get = self._q.get
         lock = self._lock
         keepalive = self.keepalive
+        monotonic = time.monotonic
+        born = monotonic()
+        first = True
         while True:
-            with lock:
-                self._idle += 1
+            if not first:
+                with lock:
+                    self._idle += 1
+            first = False
             try:
                 item = get(timeout=keepalive)
             except queue.Empty:
                 with lock:
                     self._idle -= 1
-                    if self._pending == 0 or self._threads > self._pending:
+                    if self._pending <= self._idle:
                         self._exit_locked()
                         return
                 continue
+            if item is _STOP:
+                with lock:
+                    self._idle -= 1
+                    self._pending -= 1
+                    self._exit_locked()
+                return
+            fn, arg, enqueued = item
+            now = monotonic()
             with lock:
                 self._idle -= 1
                 self._pending -= 1
-                if item is _STOP:
-                    self._exit_locked()
-                    return
                 self._busy += 1
+                self._last_take = now
                 if self._busy > self._peak_now:
                     self._peak_now = self._busy
-            fn, arg = item
+                if now - enqueued > self.grow_after and self._pending > self._idle:
+                    self._spawn_locked(self._pending - self._idle)
             try:
                 fn(arg)
             except BaseException:  # noqa: BLE001 - a task must never kill its thread silently
@@ -98,7 +139,9 @@ class ElasticPool:
                 self._busy -= 1
                 if self._busy == 0 and self._pending == 0:
                     self._all_done.notify_all()
-                if self._threads > self._needed(time.monotonic()) + 1 and self._pending < self._idle + 1:
+                now = monotonic()
+                if (now - born > keepalive and self._threads > self._needed(now) + 1
+                        and self._pending <= self._idle):
                     self._exit_locked()
                     return
 
@@ -118,7 +161,7 @@ class ElasticPool:
             return True
 
     def shutdown(self) -> None:
-        """Ask every idle thread to leave (running tasks finish first)."""
+        """Ask every thread to leave once its current task is done."""
         with self._lock:
             n = self._threads
             self._pending += n

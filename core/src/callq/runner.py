@@ -7,6 +7,7 @@ an acker (batched acks/requeues), a heartbeat, and the elastic pool's workers.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 import traceback
+from time import perf_counter
 from collections import deque
 
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("callq.worker")
 
 FETCH_TIMEOUT = 1.0
+ACK_INTERVAL = 0.02
+CHUNK_SECONDS = 0.002  # work per pool hand-off when calls are very fast
 MAX_HELD = 1000
 _HOST = socket.gethostname()
 
@@ -117,14 +121,18 @@ class Consumer:
         self._to_ack: deque[Delivery] = deque()
         self._to_requeue: deque[tuple[Delivery, float]] = deque()
         self._acker_wake = threading.Event()
+        self._dispatcher_waiting = False
+        self._refill_at = max(1, self.limit // 2)
         self._acker_idle = False
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._counts = dict.fromkeys(("received", "done", "failed", "retried", "requeued", "dead", "malformed"), 0)
+        self._counts = dict.fromkeys(("received", "failed", "retried", "requeued", "dead", "malformed"), 0)
+        self._done = itertools.count()  # next() is atomic: the hot path takes no lock
         self._started_at = 0.0
         self._next_slot = 0.0
         self._interval = 1.0 / opts.qps if opts.qps else 0.0
+        self._latency = 1.0  # moving average of call duration (s); unknown = slow
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -158,7 +166,7 @@ class Consumer:
 
     def stats(self) -> Stats:
         c = self._counts
-        return Stats(received=c["received"], done=c["done"], failed=c["failed"], retried=c["retried"],
+        return Stats(received=c["received"], done=_count_value(self._done), failed=c["failed"], retried=c["retried"],
                      requeued=c["requeued"], dead=c["dead"], malformed=c["malformed"],
                      running=self.pool.busy, threads=self.pool.threads,
                      elapsed=(time.monotonic() - self._started_at) if self._started_at else 0.0)
@@ -170,15 +178,20 @@ class Consumer:
     # --- dispatcher ----------------------------------------------------------------------------
 
     def _capacity(self) -> int:
-        with self._lock:
-            while not self._stopping.is_set():
-                working = self._unacked - len(self._held)
-                free = self.limit - working
+        while not self._stopping.is_set():
+            if self._to_ack or self._to_requeue:
+                self._flush()
+            with self._lock:
+                free = self.limit - (self._unacked - len(self._held))
                 if free > 0 and len(self._held) < MAX_HELD:
                     return free
-                self._lock.wait(self._held_wait())
-                self._release_due()
-            return 0
+                self._dispatcher_waiting = True
+                if not self._to_ack:
+                    self._lock.wait(self._wait_step())
+                self._dispatcher_waiting = False
+            self._release_due()
+            self.pool.grow_if_starved()
+        return 0
 
     def _dispatch_loop(self) -> None:
         backoff = 0.5
@@ -193,7 +206,10 @@ class Consumer:
                 if self._interval:
                     free = min(free, max(1, int(1.0 / self._interval) + 1))
                 try:
-                    deliveries = self.conn.fetch(self.queue, free, min(FETCH_TIMEOUT, self._held_wait()))
+                    step = self._wait_step()
+                    if stop_when_idle is not None:
+                        step = min(step, max(0.05, stop_when_idle / 2))
+                    deliveries = self.conn.fetch(self.queue, free, step)
                     backoff = 0.5
                 except Exception as exc:  # noqa: BLE001 - the broker reconnects; we keep going
                     log.warning("fetch from %s failed (%s: %s); retrying in %.1fs",
@@ -202,6 +218,7 @@ class Consumer:
                     backoff = min(backoff * 2, 10.0)
                     continue
                 if not deliveries:
+                    self.pool.grow_if_starved()
                     if stop_when_idle is not None:
                         idle_since = self._check_idle(idle_since, stop_when_idle)
                     continue
@@ -209,11 +226,15 @@ class Consumer:
                 with self._lock:
                     self._unacked += len(deliveries)
                     self._counts["received"] += len(deliveries)
-                for i, delivery in enumerate(deliveries):
-                    if self._stopping.is_set():
-                        self._requeue_many(deliveries[i:])
-                        break
-                    self._dispatch(delivery)
+                ready = [ctx for ctx in map(self._prepare, deliveries) if ctx is not None]
+                if self._interval:
+                    for i, ctx in enumerate(ready):
+                        if self._stopping.is_set():
+                            self._requeue_many([c.delivery for c in ready[i:]])
+                            break
+                        self._submit(ctx)
+                else:
+                    self._submit_chunks(ready)
         except BaseException:  # noqa: BLE001
             log.exception("dispatcher of %s crashed; stopping this consumer", self.queue)
         finally:
@@ -239,7 +260,8 @@ class Consumer:
                 return now
         return idle_since
 
-    def _dispatch(self, delivery: Delivery) -> None:
+    def _prepare(self, delivery: Delivery) -> CallContext | None:
+        """Decode and apply the controls; the call ready to run, or None if handled here."""
         try:
             kwargs, meta = decode(delivery.body)
             problem = self.task._check_kwargs(kwargs)
@@ -248,15 +270,31 @@ class Consumer:
         except MalformedMessage as exc:
             self._count("malformed")
             self._dead_letter_raw(delivery, str(exc))
-            return
+            return None
         ctx = CallContext(self, delivery, kwargs, meta)
         eta = meta.get("eta")
         if eta is not None:
             wait = float(eta) - time.time()
             if wait > 0.002:
                 self._hold(ctx, wait)
-                return
-        self._submit(ctx)
+                return None
+        return ctx
+
+    def _submit_chunks(self, ready: list[CallContext]) -> None:
+        """Hand calls to the pool; very fast calls go in chunks so threads hand off less often."""
+        if not ready:
+            return
+        size = min(len(ready), max(1, int(CHUNK_SECONDS / max(self._latency, 1e-7))))
+        if size == 1:
+            for ctx in ready:
+                self.pool.submit(self._execute, ctx)
+            return
+        for i in range(0, len(ready), size):
+            self.pool.submit(self._execute_chunk, ready[i:i + size])
+
+    def _execute_chunk(self, chunk: list[CallContext]) -> None:
+        for ctx in chunk:
+            self._execute(ctx)
 
     def _submit(self, ctx: CallContext) -> None:
         if self._interval:
@@ -278,6 +316,12 @@ class Consumer:
             self._held_seq += 1
             heapq.heappush(self._held, (time.monotonic() + wait, self._held_seq, ctx))
             self._lock.notify_all()
+
+    def _wait_step(self) -> float:
+        """How long the dispatcher may block: short while the pool has waiting work to watch."""
+        if self.pool.pending > self.pool.idle:
+            return self.pool.grow_after
+        return self._held_wait()
 
     def _held_wait(self) -> float:
         held = self._held
@@ -305,8 +349,15 @@ class Consumer:
         if self._call_hooks:
             self._hook.callq_before_call(call=ctx)
         try:
+            started = perf_counter()
             ctx.result = self.task.fn(**ctx.kwargs)
+            self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
             ctx.outcome = "done"
+            if not self._call_hooks:  # fast path
+                _local.call = None
+                self._ack(ctx.delivery)
+                next(self._done)
+                return
         except Requeue as exc:
             ctx.outcome = "requeue"
             ctx.error = exc
@@ -333,8 +384,7 @@ class Consumer:
         outcome = ctx.outcome
         if outcome == "done":
             self._ack(ctx.delivery)
-            with self._lock:
-                self._counts["done"] += 1
+            next(self._done)
             return
         exc = ctx.error
         if outcome == "requeue":
@@ -404,8 +454,16 @@ class Consumer:
     # --- acks --------------------------------------------------------------------------------
 
     def _ack(self, delivery: Delivery) -> None:
-        self._to_ack.append(delivery)
-        if self._acker_idle:
+        to_ack = self._to_ack
+        to_ack.append(delivery)
+        if self._dispatcher_waiting:
+            # wake the dispatcher (once) when the pool is about to run dry or acks pile up
+            if self.pool.pending == 0 or len(to_ack) >= self._refill_at:
+                with self._lock:
+                    if self._dispatcher_waiting:
+                        self._dispatcher_waiting = False
+                        self._lock.notify()
+        elif self._acker_idle:
             self._acker_wake.set()
 
     def _requeue_many(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
@@ -443,9 +501,10 @@ class Consumer:
         return done
 
     def _ack_loop(self) -> None:
+        # The dispatcher flushes before each fetch; this thread bounds ack latency while it waits.
         while not self._stopped.is_set():
             if self._flush():
-                time.sleep(0.001)
+                time.sleep(ACK_INTERVAL)
                 continue
             self._acker_idle = True
             if not self._to_ack:
@@ -493,6 +552,11 @@ class Consumer:
             s = self.stats()
             log.info("stopped %s: %d done, %d retried, %d dead-lettered in %.1fs",
                      self.queue, s.done, s.retried, s.dead, s.elapsed)
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    """Current value of an itertools.count without advancing it."""
+    return int(repr(counter)[6:-1])
 
 
 def _drain(items: deque[Any]) -> list[Any]:
