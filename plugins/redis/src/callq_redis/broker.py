@@ -27,14 +27,13 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import redis
+from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.errors import BrokerError, ConfigError
+from callq.url import BrokerURL
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-
-from callq.broker import BrokerBase, Capabilities, Delivery
-from callq.errors import BrokerError, ConfigError
-from callq.url import BrokerURL
 
 from . import _lua
 
@@ -221,7 +220,7 @@ class RedisBroker(BrokerBase):
             wait = max(wait, 0.01)  # 0 would block forever
             if self.mode == "lmove":
                 proc = f"{self.prefix}:proc:{self.consumer_id}:{queue}"
-                body = self.rc.call("fetch", lambda w=wait: self.client.blmove(base, proc, w, "RIGHT", "LEFT"),
+                body = self.rc.call("fetch", lambda w=wait, p=proc: self.client.blmove(base, p, w, "RIGHT", "LEFT"),
                                     on_error=self._mark_suspect)
                 if body is not None:
                     with self._lock:
@@ -263,7 +262,7 @@ class RedisBroker(BrokerBase):
             if fields:
                 with self._lock:
                     self._held_fields.update(fields)
-            out = [Delivery(body, queue, field) for field, body in zip(fields, items[1::2])]
+            out = [Delivery(body, queue, field) for field, body in zip(fields, items[1::2], strict=True)]
         else:
             res = self.rc.call("fetch", lambda: self._claim(
                 args=[self.prefix, queue, self.consumer_id, max_n, 0, self.dead_after_ms, 0]))
@@ -301,8 +300,8 @@ class RedisBroker(BrokerBase):
                 for body, count in items.items():
                     extra = count - held_b.get((queue, body), 0)
                     if extra > 0:
-                        n += self.rc.call("reconcile", lambda b=body, k=extra: self._lmove_requeue(
-                            args=[self.prefix, self.consumer_id, queue, 0, *([b] * k)]))
+                        n += self.rc.call("reconcile", lambda b=body, k=extra, q=queue: self._lmove_requeue(
+                            args=[self.prefix, self.consumer_id, q, 0, *([b] * k)]))
         if n:
             log.warning("redis %s: gave back %d message(s) claimed by a fetch whose reply was lost", self.url, n)
 
