@@ -1,0 +1,421 @@
+"""``redis+stream://host:6379/0?group=callq``: queues on Redis Streams with a consumer group.
+
+One stream per queue (``P:s:QUEUE``), one consumer group (``group``), one consumer name per
+broker instance. Publish is XADD (field ``b`` = body); fetch is XREADGROUP ``>`` with COUNT
+and BLOCK; ack is XACK + XDEL in one transaction, so acked entries do not pile up.
+
+Recovery: a live consumer's heartbeat re-claims its own pending entries (XCLAIM JUSTID, which
+resets their idle time). Entries idle longer than ``0.8 * lease`` therefore belong to a dead
+(or stuck) consumer: any live consumer's heartbeat or fetch takes them with XAUTOCLAIM and
+re-adds them at the end of the stream (XADD copy, XACK + XDEL of the old entry, in one Lua
+script), where every consumer of the group can read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.errors import ConfigError
+from callq.url import BrokerURL
+from callq_redis.broker import RetryingClient, redis_client
+from redis.exceptions import ResponseError
+
+log = logging.getLogger("callq.redis_stream")
+
+KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block")
+MAX_BLOCK = 1.0
+CHUNK = 1000
+#: how often (at most) a consumer deletes long-idle consumers without pending entries
+CLEANUP_EVERY = 60.0
+
+# ARGV: stream, group, consumer, min_idle_ms, count.  Re-adds entries idle past min_idle
+# at the end of the stream (whole PEL scanned by cursor, up to 20 rounds); returns how many.
+_RECLAIM = r"""
+local key, group, cid = ARGV[1], ARGV[2], ARGV[3]
+local cursor, n, rounds = '0-0', 0, 0
+repeat
+  local res = redis.call('XAUTOCLAIM', key, group, cid, ARGV[4], cursor, 'COUNT', ARGV[5])
+  cursor = res[1]
+  for _, e in ipairs(res[2]) do
+    if e then
+      if e[2] then
+        redis.call('XADD', key, '*', unpack(e[2]))
+        n = n + 1
+      end
+      redis.call('XACK', key, group, e[1])
+      redis.call('XDEL', key, e[1])
+    end
+  end
+  rounds = rounds + 1
+until cursor == '0-0' or rounds >= 20
+return n
+"""
+
+# ARGV: stream, group, id...  Puts entries still pending back at the end of the stream.
+_GIVE_BACK = r"""
+local key, group = ARGV[1], ARGV[2]
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('XACK', key, group, id) == 1 then
+    local e = redis.call('XRANGE', key, id, id)
+    if #e > 0 then
+      redis.call('XADD', key, '*', unpack(e[1][2]))
+      n = n + 1
+    end
+  end
+  redis.call('XDEL', key, id)
+end
+return n
+"""
+
+# ARGV: stream, group, consumer.  Gives back everything the consumer holds, then deletes it.
+_RELEASE = r"""
+local key, group, cid = ARGV[1], ARGV[2], ARGV[3]
+local n = 0
+local ok = redis.pcall('XPENDING', key, group, '-', '+', 1, cid)
+if type(ok) == 'table' and ok.err then return 0 end
+while true do
+  local pend = redis.call('XPENDING', key, group, '-', '+', 500, cid)
+  if #pend == 0 then break end
+  for _, p in ipairs(pend) do
+    local id = p[1]
+    redis.call('XACK', key, group, id)
+    local e = redis.call('XRANGE', key, id, id)
+    if #e > 0 then
+      redis.call('XADD', key, '*', unpack(e[1][2]))
+      n = n + 1
+    end
+    redis.call('XDEL', key, id)
+  end
+end
+redis.call('XGROUP', 'DELCONSUMER', key, group, cid)
+return n
+"""
+
+# ARGV: stream, group, consumer.  Deletes the consumer only if it holds nothing.
+_DROP_IF_EMPTY = r"""
+if #redis.call('XPENDING', ARGV[1], ARGV[2], '-', '+', 1, ARGV[3]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', ARGV[1], ARGV[2], ARGV[3])
+end
+return -1
+"""
+
+# ARGV: stream, group.  Waiting = entries in the stream minus those pending (acked ones are deleted).
+_SIZE = r"""
+local len = redis.call('XLEN', ARGV[1])
+local pend = redis.pcall('XPENDING', ARGV[1], ARGV[2])
+if type(pend) == 'table' and not pend.err then len = len - tonumber(pend[1]) end
+if len < 0 then return 0 end
+return len
+"""
+
+# ARGV: stream, group.  Deletes the entries not yet delivered to the group.
+_PURGE = r"""
+local key, group = ARGV[1], ARGV[2]
+if redis.call('EXISTS', key) == 0 then return 0 end
+local last = nil
+local groups = redis.call('XINFO', 'GROUPS', key)
+for _, g in ipairs(groups) do
+  local name, lid = nil, nil
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then lid = g[i + 1] end
+  end
+  if name == group then last = lid end
+end
+local start = '-'
+if last then start = '(' .. last end
+local n = 0
+while true do
+  local entries = redis.call('XRANGE', key, start, '+', 'COUNT', 1000)
+  if #entries == 0 then break end
+  local ids = {}
+  for _, e in ipairs(entries) do table.insert(ids, e[1]) end
+  redis.call('XDEL', key, unpack(ids))
+  n = n + #ids
+  start = '(' .. ids[#ids]
+end
+return n
+"""
+
+
+class RedisStreamBroker(BrokerBase):
+    """Queues on Redis Streams; see the module docstring and docs/brokers/redis_stream.md."""
+
+    def __init__(self, url: BrokerURL) -> None:
+        super().__init__(url)
+        url.check_params(KNOWN_PARAMS)
+        self.group = url.str_param("group", "callq")
+        self.prefix = url.str_param("prefix", "callq")
+        if not self.group or not self.prefix:
+            raise ConfigError(f"broker URL {url}: group and prefix must not be empty")
+        lease = url.float_param("lease", 10.0, minimum=1.0)
+        self.lease = lease
+        self.heartbeat_interval = lease / 5  # type: ignore[misc]  # per instance, from the URL
+        self.min_idle_ms = int((lease - self.heartbeat_interval) * 1000)
+        maxlen = url.int_param("maxlen", 0, minimum=0)
+        self.maxlen: int | None = maxlen or None
+        if self.maxlen:
+            log.warning("broker URL %s: maxlen=%d trims the stream approximately; entries not yet "
+                        "read (or not yet acked) can be dropped when the backlog exceeds it", url, maxlen)
+        self.block = url.float_param("block", MAX_BLOCK, minimum=0.01)
+        socket_timeout = url.float_param("socket_timeout", 10.0, minimum=0.5)
+        if socket_timeout <= self.block + 1:
+            raise ConfigError(f"broker URL {url}: socket_timeout must exceed block + 1 second")
+        self.capabilities = Capabilities(
+            acks=True,
+            persistent=False,  # depends on the server's AOF/RDB settings: not claimed
+            distributed=True,
+            backlog=True,
+            native_delay=False,
+            priority=False,
+            exact_size=self.maxlen is None,
+            redelivery_timeout=lease,
+        )
+        self.client = redis_client(dataclasses.replace(url, scheme=_redis_scheme(url)),
+                                   socket_timeout=socket_timeout)
+        self.rc = RetryingClient(self.client, url, url.float_param("retry", 60.0))
+        self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        self._reclaim = self.client.register_script(_RECLAIM)
+        self._give_back = self.client.register_script(_GIVE_BACK)
+        self._release = self.client.register_script(_RELEASE)
+        self._drop_if_empty = self.client.register_script(_DROP_IF_EMPTY)
+        self._size = self.client.register_script(_SIZE)
+        self._purge = self.client.register_script(_PURGE)
+        self._lock = threading.Lock()
+        self._held: dict[str, set[bytes]] = {}  # queue -> ids handed out, not yet acked
+        self._groups: set[str] = set()  # queues whose group we created (or found)
+        self._suspect: set[str] = set()  # queues where a read's reply may have been lost
+        self._next_maintenance = 0.0
+        self._next_cleanup = time.monotonic() + CLEANUP_EVERY
+        self._closed = False
+
+    def _key(self, queue: str) -> str:
+        return f"{self.prefix}:s:{queue}"
+
+    # --- publish -------------------------------------------------------------------------
+
+    def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        if not bodies:
+            return 0
+        key = self._key(queue)
+        trim = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
+        if len(bodies) == 1:
+            body = bodies[0]
+            self.rc.call("publish", lambda: self.client.xadd(key, {"b": body}, **trim))
+            return 1
+        for start in range(0, len(bodies), CHUNK):
+            chunk = bodies[start:start + CHUNK]
+            self.rc.call("publish", lambda c=chunk: _pipeline_xadd(self.client, key, c, trim))
+        return len(bodies)
+
+    # --- fetch ---------------------------------------------------------------------------
+
+    def _ensure_group(self, queue: str, force: bool = False) -> None:
+        if queue in self._groups and not force:
+            return
+        try:
+            # id 0: the group also sees what was published before it existed
+            self.rc.call("create group", lambda: self.client.xgroup_create(self._key(queue), self.group,
+                                                                             id="0", mkstream=True))
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(queue)
+
+    def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        if max_n <= 0:
+            return []
+        self._ensure_group(queue)
+        if time.monotonic() >= self._next_maintenance:
+            self._maintain()
+        if queue in self._suspect:
+            self._reconcile(queue)
+        key = self._key(queue)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            block_ms = int(min(remaining, self.block) * 1000) if remaining > 0 else None
+            if block_ms is not None and block_ms <= 0:
+                block_ms = None  # BLOCK 0 would wait forever
+
+            def read(b: int | None = block_ms) -> list:
+                return self.client.xreadgroup(self.group, self.consumer_id, {key: ">"}, count=max_n, block=b)
+
+            try:
+                res = self.rc.call("fetch", read, on_error=lambda: self._suspect.add(queue))
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("redis %s: group %s of %s is gone (Redis restarted?); creating it again",
+                            self.url, self.group, key)
+                self._ensure_group(queue, force=True)
+                continue
+            if queue in self._suspect:
+                self._reconcile(queue)
+            out: list[Delivery] = []
+            if res:
+                entries = res[0][1]
+                out = [Delivery(fields[b"b"], queue, msg_id) for msg_id, fields in entries if fields]
+                if out:
+                    with self._lock:
+                        self._held.setdefault(queue, set()).update(d.tag for d in out)
+                    return out
+            if block_ms is None or time.monotonic() >= deadline or self._closed:
+                return out
+
+    def _reconcile(self, queue: str) -> None:
+        """Give back entries pending to us that we never handed out (a read whose reply was lost)."""
+        self._suspect.discard(queue)
+        key = self._key(queue)
+        pending = self.rc.call("reconcile", lambda: self.client.xpending_range(
+            key, self.group, min="-", max="+", count=100_000, consumername=self.consumer_id))
+        with self._lock:
+            held = set(self._held.get(queue, ()))
+        orphans = [p["message_id"] for p in pending if p["message_id"] not in held]
+        if orphans:
+            n = self.rc.call("reconcile", lambda: self._give_back(args=[key, self.group, *orphans]))
+            log.warning("redis %s: gave back %d entr(ies) read by a fetch whose reply was lost", self.url, n)
+
+    # --- ack / requeue -------------------------------------------------------------------
+
+    def _by_queue(self, deliveries: Sequence[Delivery]) -> dict[str, list[bytes]]:
+        grouped: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            grouped.setdefault(d.queue, []).append(d.tag)
+        return grouped
+
+    def _forget(self, queue: str, ids: list[bytes]) -> None:
+        with self._lock:
+            held = self._held.get(queue)
+            if held:
+                held.difference_update(ids)
+
+    def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+        for queue, ids in self._by_queue(deliveries).items():
+            key = self._key(queue)
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+
+                def send(c: list[bytes] = chunk) -> None:
+                    pipe = self.client.pipeline(transaction=True)
+                    pipe.xack(key, self.group, *c)
+                    pipe.xdel(key, *c)
+                    pipe.execute()
+
+                self.rc.call("ack", send)
+            self._forget(queue, ids)
+        return len(deliveries)
+
+    def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
+        """Re-add at the end of the stream (no native delay: ``delay`` is not honoured)."""
+        n = 0
+        for queue, ids in self._by_queue(deliveries).items():
+            key = self._key(queue)
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+                n += self.rc.call("requeue", lambda c=chunk: self._give_back(args=[key, self.group, *c]))
+            self._forget(queue, ids)
+        return n
+
+    # --- heartbeat -----------------------------------------------------------------------
+
+    def _maintain(self) -> int:
+        """Renew our pending entries' idle time; re-add entries of dead consumers. Returns re-added."""
+        self._next_maintenance = time.monotonic() + self.heartbeat_interval
+        recovered = 0
+        for queue in list(self._groups):
+            key = self._key(queue)
+            with self._lock:
+                ids = list(self._held.get(queue, ()))
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start:start + CHUNK]
+                self.rc.call("heartbeat", lambda c=chunk: self.client.xclaim(
+                    key, self.group, self.consumer_id, 0, c, justid=True))
+            try:
+                recovered += int(self.rc.call("heartbeat", lambda k=key: self._reclaim(
+                    args=[k, self.group, self.consumer_id, self.min_idle_ms, 500])))
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._groups.discard(queue)  # fetch creates it again
+        if recovered:
+            log.warning("redis %s: re-added %d entr(ies) of dead consumers", self.url, recovered)
+        if time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + CLEANUP_EVERY
+            self._drop_idle_consumers()
+        return recovered
+
+    def _drop_idle_consumers(self) -> None:
+        """Delete consumers idle for 10 leases that hold nothing (dead workers' names)."""
+        limit_ms = 10 * self.lease * 1000
+        for queue in list(self._groups):
+            key = self._key(queue)
+            try:
+                consumers = self.rc.call("cleanup", lambda k=key: self.client.xinfo_consumers(k, self.group))
+            except ResponseError:
+                continue
+            for c in consumers:
+                if c["pending"] == 0 and c["idle"] > limit_ms:
+                    self.rc.call("cleanup", lambda k=key, name=c["name"]: self._drop_if_empty(
+                        args=[k, self.group, name]))
+
+    def callq_heartbeat(self) -> int:
+        if self._closed:
+            return 0
+        return self._maintain()
+
+    # --- size / purge / close ------------------------------------------------------------
+
+    def callq_size(self, queue: str) -> int:
+        return int(self.rc.call("size", lambda: self._size(args=[self._key(queue), self.group])))
+
+    def callq_purge(self, queue: str) -> int:
+        return int(self.rc.call("purge", lambda: self._purge(args=[self._key(queue), self.group])))
+
+    def callq_close(self) -> bool:
+        if self._closed:
+            return True
+        self._closed = True
+        try:
+            self.rc.retry_for = min(self.rc.retry_for, 5.0)
+            n = 0
+            for queue in list(self._groups):
+                n += int(self.rc.call("close", lambda q=queue: self._release(
+                    args=[self._key(q), self.group, self.consumer_id])))
+            if n:
+                log.info("redis %s: gave back %d unacked entr(ies) on close", self.url, n)
+        except Exception as exc:  # noqa: BLE001 - closing must not raise; the lease covers it
+            log.warning("redis %s: could not give back unacked entries on close (%s); "
+                        "live consumers recover them within %.0fs", self.url, exc, self.lease)
+        finally:
+            self.rc.closed = True
+            self.client.close()
+            self.client.connection_pool.disconnect()
+        return True
+
+    def __repr__(self) -> str:
+        return f"RedisStreamBroker({str(self.url)!r}, group={self.group!r}, consumer={self.consumer_id!r})"
+
+
+def _pipeline_xadd(client: redis.Redis, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for body in bodies:
+        pipe.xadd(key, {"b": body}, **trim)
+    pipe.execute()
+
+
+def _redis_scheme(url: BrokerURL) -> str:
+    """``redis+stream`` -> ``redis``; ``rediss+stream`` -> ``rediss`` (TLS)."""
+    return "rediss" if url.scheme.startswith("rediss") else "redis"
