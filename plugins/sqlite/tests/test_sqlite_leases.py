@@ -149,3 +149,18 @@ def test_operations_after_close_fail_clearly(open_conn) -> None:
     a.close()
     with pytest.raises(BrokerError, match="closed"):
         broker.callq_publish("q", [b"x"], 0.0, None)
+
+
+def test_large_batches_beyond_the_sql_variable_limit(open_conn) -> None:
+    a = open_conn()
+    bodies = [f"b{i}".encode() for i in range(2500)]
+    assert a.publish("big", bodies) == 2500
+    got = a.fetch("big", 2500, 1.0)
+    assert len(got) == 2500
+    assert a.heartbeat() == 0
+    assert a.requeue(got[:1200]) == 1200
+    assert a.ack(got[1200:]) == 1300
+    again = a.fetch("big", 5000, 1.0)
+    assert sorted(d.body for d in again) == sorted(bodies[:1200])
+    assert a.ack(again) == 1200
+    assert a.size("big") == 0

@@ -368,7 +368,10 @@ class SqliteBroker(BrokerBase):
             return []
         claim = _new_claim()
         ids = [row[0] for row in rows]
-        db.execute(_CLAIM.format(_marks(len(ids))), (claim, now + self.lease, *ids))
+        until = now + self.lease
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            db.execute(_CLAIM.format(_marks(len(chunk))), (claim, until, *chunk))
         db.execute("COMMIT")
         if len(rows) == max_n:
             self._backlog.add(queue)
