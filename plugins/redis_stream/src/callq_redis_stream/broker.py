@@ -308,10 +308,10 @@ class RedisStreamBroker(BrokerBase):
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
 
-                def send(c: list[bytes] = chunk) -> None:
+                def send(c: list[bytes] = chunk, k: str = key) -> None:
                     pipe = self.client.pipeline(transaction=True)
-                    pipe.xack(key, self.group, *c)
-                    pipe.xdel(key, *c)
+                    pipe.xack(k, self.group, *c)
+                    pipe.xdel(k, *c)
                     pipe.execute()
 
                 self.rc.call("ack", send)
@@ -325,7 +325,7 @@ class RedisStreamBroker(BrokerBase):
             key = self._key(queue)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                n += self.rc.call("requeue", lambda c=chunk: self._give_back(args=[key, self.group, *c]))
+                n += self.rc.call("requeue", lambda c=chunk, k=key: self._give_back(args=[k, self.group, *c]))
             self._forget(queue, ids)
         return n
 
@@ -341,8 +341,8 @@ class RedisStreamBroker(BrokerBase):
                 ids = list(self._held.get(queue, ()))
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                self.rc.call("heartbeat", lambda c=chunk: self.client.xclaim(
-                    key, self.group, self.consumer_id, 0, c, justid=True))
+                self.rc.call("heartbeat", lambda c=chunk, k=key: self.client.xclaim(
+                    k, self.group, self.consumer_id, 0, c, justid=True))
             try:
                 recovered += int(self.rc.call("heartbeat", lambda k=key: self._reclaim(
                     args=[k, self.group, self.consumer_id, self.min_idle_ms, 500])))
