@@ -10,7 +10,7 @@ import json
 import time
 
 import orjson
-import uuid
+from random import getrandbits as _getrandbits
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +25,13 @@ class MalformedMessage(ValueError):
     """A body that is not a call: the message says why."""
 
 
+def new_id() -> str:
+    """A random 128-bit hex id (``random`` is reseeded after fork, so processes never share ids)."""
+    return "%032x" % _getrandbits(128)
+
+
 def new_meta(*, eta: float | None = None, expires_at: float | None = None, msg_id: str | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"id": msg_id or uuid.uuid4().hex, "published_at": round(time.time(), 6), "attempt": 0}
+    meta: dict[str, Any] = {"id": msg_id or new_id(), "published_at": round(time.time(), 6), "attempt": 0}
     if eta is not None:
         meta["eta"] = eta
     if expires_at is not None:

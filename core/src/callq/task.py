@@ -54,7 +54,13 @@ class Task(Generic[P, R]):
 
         Arguments are checked against the function's signature and must be JSON values.
         """
-        return self._publish_many([self._bind(args, kwargs)], meta=new_meta())[0]
+        kwargs = self._bind(args, kwargs)
+        meta = new_meta()
+        conn = self.connection
+        if conn.hook.callq_before_publish.get_hookimpls():
+            return self._publish_many([kwargs], meta=meta)[0]
+        conn.publish(self.options.queue, [encode(kwargs, meta, where=self.name)])
+        return meta["id"]
 
     def publish(
         self,

@@ -1,0 +1,154 @@
+"""Task-level throughput on memory:// and sqlite://, each beside a raw baseline.
+
+    .venv/bin/python bench/bench_core.py [--calls 100000] [--single 20000]
+
+Rows per broker: publish one by one (``f.push``), batched publish (``f.push_many``) and
+consume of a no-op function by one worker (``f.consume``), against:
+- memory: ``queue.Queue`` fed with JSON bodies and drained by a thread pool of the same
+  size calling the function;
+- sqlite: raw sqlite3 (WAL, synchronous=NORMAL): INSERT + commit per message; executemany
+  in one transaction; SELECT 100 + call each + DELETE them + commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+
+import callq
+
+CONCURRENCY = 32
+
+
+def noop(i: int) -> None:
+    return None
+
+
+def rate(n: int, fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - started)
+
+
+def consume_rate(task: callq.Task, n: int) -> float:
+    consumer = task.consume()
+    started = time.perf_counter()
+    while True:
+        s = consumer.stats()
+        if s.done >= n:
+            break
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    task.stop()
+    return n / elapsed
+
+
+def callq_rows(url: str, single: int, calls: int) -> dict[str, float]:
+    t = callq.task(f"bench-{uuid.uuid4().hex[:6]}", broker=url, concurrency=CONCURRENCY)(noop)
+    t.clear()
+    out = {"publish one by one": rate(single, lambda: [t.push(i) for i in range(single)])}
+    t.clear()
+    out["publish batched"] = rate(calls, lambda: t.push_many((i,) for i in range(calls)))
+    out["consume (no-op)"] = consume_rate(t, calls)
+    t.clear()
+    return out
+
+
+def raw_memory(single: int, calls: int) -> dict[str, float]:
+    q: queue.Queue[bytes] = queue.Queue()
+    out = {"publish one by one": rate(single, lambda: [q.put(json.dumps({"i": i}).encode()) for i in range(single)])}
+    q = queue.Queue()
+    out["publish batched"] = rate(calls, lambda: [q.put(json.dumps({"i": i}).encode()) for i in range(calls)])
+
+    def worker() -> None:
+        while True:
+            body = q.get()
+            if body is None:
+                return
+            noop(**json.loads(body))
+
+    def drain() -> None:
+        threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
+        for th in threads:
+            th.start()
+        for _ in threads:
+            q.put(None)
+        for th in threads:
+            th.join()
+
+    out["consume (no-op)"] = rate(calls, drain)
+    return out
+
+
+def raw_sqlite(path: str, single: int, calls: int) -> dict[str, float]:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, body BLOB)")
+
+    def one_by_one() -> None:
+        for i in range(single):
+            db.execute("BEGIN")
+            db.execute("INSERT INTO q (body) VALUES (?)", (json.dumps({"i": i}).encode(),))
+            db.execute("COMMIT")
+
+    out = {"publish one by one": rate(single, one_by_one)}
+    db.execute("DELETE FROM q")
+
+    def batched() -> None:
+        for start in range(0, calls, 1000):
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO q (body) VALUES (?)",
+                           [(json.dumps({"i": i}).encode(),) for i in range(start, min(calls, start + 1000))])
+            db.execute("COMMIT")
+
+    out["publish batched"] = rate(calls, batched)
+
+    def consume() -> None:
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute("SELECT id, body FROM q ORDER BY id LIMIT 100").fetchall()
+            if not rows:
+                db.execute("COMMIT")
+                return
+            for _, body in rows:
+                noop(**json.loads(body))
+            db.execute(f"DELETE FROM q WHERE id IN ({','.join('?' * len(rows))})", [r[0] for r in rows])
+            db.execute("COMMIT")
+
+    out["consume (no-op)"] = rate(calls, consume)
+    db.close()
+    return out
+
+
+def show(title: str, ours: dict[str, float], raw: dict[str, float], raw_name: str) -> None:
+    print(f"\n{title}")
+    print(f"  {'':22s} {'callq/s':>12s} {raw_name + '/s':>16s} {'ratio':>7s}")
+    for key, value in ours.items():
+        print(f"  {key:22s} {value:12,.0f} {raw[key]:16,.0f} {value / raw[key]:7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--single", type=int, default=20_000)
+    args = parser.parse_args()
+    print(f"callq {callq.__version__}, {os.cpu_count()} cores, no-op function, concurrency {CONCURRENCY}")
+    show("memory://", callq_rows("memory://bench", args.single, args.calls),
+         raw_memory(args.single, args.calls), "queue.Queue")
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = callq_rows(f"sqlite:///{tmp}/callq.db", args.single // 4, args.calls // 2)
+        raw = raw_sqlite(os.path.join(tmp, "raw.db"), args.single // 4, args.calls // 2)
+        show("sqlite://", ours, raw, "raw sqlite3")
+    print("\ngoals: memory consume >= 50,000 calls/s; sqlite >= 0.50 of raw sqlite3")
+
+
+if __name__ == "__main__":
+    main()
