@@ -92,7 +92,8 @@ def raw_leased_consume(path: str, bodies: list[bytes], n: int, batch: int) -> fl
         while got < n:
             db.execute("BEGIN IMMEDIATE")
             now = time.time()
-            rows = db.execute(sq._SELECT_READY, (QUEUE, now, batch)).fetchall()
+            prio = db.execute(sq._TOP_PRIORITY, (QUEUE,)).fetchone()[0]
+            rows = db.execute(sq._SELECT_READY, (QUEUE, prio, now, batch)).fetchall()
             ids = [r[0] for r in rows]
             marks = ",".join("?" * len(ids))
             db.execute(sq._CLAIM.format(marks), (7, now + 30, *ids))

@@ -164,3 +164,18 @@ def test_large_batches_beyond_the_sql_variable_limit(open_conn) -> None:
     assert sorted(d.body for d in again) == sorted(bodies[:1200])
     assert a.ack(again) == 1200
     assert a.size("big") == 0
+
+
+def test_ready_messages_are_found_past_a_large_delayed_backlog(open_conn) -> None:
+    # Fetch seeks each priority's ready rows; it must not depend on scanning delayed ones.
+    a = open_conn()
+    a.publish("mixed", [b"later"] * 20000, delay=3600, priority=5)
+    a.publish("mixed", [b"later"] * 20000, delay=3600)
+    a.publish("mixed", [b"now-low"], priority=-1)
+    a.publish("mixed", [b"now"])
+    got = a.fetch("mixed", 10, 1.0)
+    assert [d.body for d in got] == [b"now", b"now-low"]
+    a.ack(got)
+    assert a.size("mixed") == 40000
+    assert a.fetch("mixed", 10, 0.2) == []
+    assert a.purge("mixed") == 40000

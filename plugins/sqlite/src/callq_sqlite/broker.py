@@ -45,12 +45,23 @@ _SCHEMA = (
 SCHEMA_VERSION = 1
 
 _INSERT = f"INSERT INTO {TABLE} (queue, priority, available_at, body) VALUES (?, ?, ?, ?)"
-_ANY_READY = f"SELECT 1 FROM {TABLE} WHERE queue = ? AND available_at <= ? LIMIT 1"
+# Every statement below seeks the index; none scans a queue's rows (a queue may hold a
+# large backlog of delayed messages). Priorities are walked one by one, highest first.
+_TOP_PRIORITY = f"SELECT max(priority) FROM {TABLE} WHERE queue = ?"
+_NEXT_PRIORITY = f"SELECT max(priority) FROM {TABLE} WHERE queue = ? AND priority < ?"
 _SELECT_READY = (
-    f"SELECT id, body, redelivered, claim FROM {TABLE} WHERE queue = ? AND available_at <= ? "
-    "ORDER BY priority DESC, available_at LIMIT ?"
+    f"SELECT id, body, redelivered, claim FROM {TABLE} "
+    "WHERE queue = ? AND priority = ? AND available_at <= ? ORDER BY available_at LIMIT ?"
 )
-_NEXT_DUE = f"SELECT min(available_at) FROM {TABLE} WHERE queue = ?"
+# When the next row of a queue becomes available (NULL: the queue is empty).
+_NEXT_DUE = f"""WITH RECURSIVE levels(prio) AS (
+    SELECT max(priority) FROM {TABLE} WHERE queue = ?1
+    UNION ALL
+    SELECT (SELECT max(priority) FROM {TABLE} WHERE queue = ?1 AND priority < levels.prio)
+    FROM levels WHERE levels.prio IS NOT NULL
+)
+SELECT min((SELECT min(available_at) FROM {TABLE} WHERE queue = ?1 AND priority = levels.prio))
+FROM levels WHERE levels.prio IS NOT NULL"""
 _WAITING = "queue = ? AND (claim IS NULL OR available_at <= ?)"
 _CLAIM = f"UPDATE {TABLE} SET claim = ?, available_at = ? WHERE id IN ({{}})"
 _ACK = f"DELETE FROM {TABLE} WHERE claim = ? AND id IN ({{}})"
@@ -339,11 +350,14 @@ class SqliteBroker(BrokerBase):
                 version = db.execute("PRAGMA data_version").fetchone()[0]
                 if version != seen_version or time.time() >= next_due:
                     seen_version = version
-                    got = self._claim(db, queue, max_n)
-                    if got:
-                        return got
-                    due = db.execute(_NEXT_DUE, (queue,)).fetchone()[0]
-                    next_due = math.inf if due is None else due
+                    if queue not in self._backlog:  # else a claim is likely to succeed: skip the look
+                        due = db.execute(_NEXT_DUE, (queue,)).fetchone()[0]
+                        next_due = math.inf if due is None else due
+                    if queue in self._backlog or next_due <= time.time():
+                        got = self._claim(db, queue, max_n)
+                        if got:
+                            return got
+                        next_due = 0.0  # raced with another consumer: look again
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
@@ -355,13 +369,15 @@ class SqliteBroker(BrokerBase):
             self._checkin(db)
 
     def _claim(self, db: sqlite3.Connection, queue: str, max_n: int) -> list[Delivery]:
-        # A plain read first, so idle consumers do not queue up for the write lock; skipped
-        # while the queue has a backlog.
-        if queue not in self._backlog and db.execute(_ANY_READY, (queue, time.time())).fetchone() is None:
-            return []
         db.execute("BEGIN IMMEDIATE")
         now = time.time()
-        rows = db.execute(_SELECT_READY, (queue, now, max_n)).fetchall()
+        rows: list[tuple[int, bytes, int, int | None]] = []
+        prio = db.execute(_TOP_PRIORITY, (queue,)).fetchone()[0]
+        while prio is not None:
+            rows += db.execute(_SELECT_READY, (queue, prio, now, max_n - len(rows))).fetchall()
+            if len(rows) >= max_n:
+                break
+            prio = db.execute(_NEXT_PRIORITY, (queue, prio)).fetchone()[0]
         if not rows:
             db.execute("COMMIT")
             self._backlog.discard(queue)
