@@ -24,6 +24,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import redis
@@ -90,26 +91,34 @@ class RetryingClient:
         self.failures = 0  # transient failures seen (tests and logs)
 
     def call(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
+        try:
+            return fn()
+        except _TRANSIENT as exc:
+            return self._retry(what, fn, on_error, exc)
+
+    def _retry(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None,
+               exc: BaseException) -> T:
         deadline = time.monotonic() + self.retry_for
         backoff = ExponentialBackoff(cap=2.0, base=0.05)
         failures = 0
         while True:
+            failures += 1
+            self.failures += 1
+            if on_error is not None:
+                on_error()
+            wait = backoff.compute(failures)
+            if self.closed or time.monotonic() + wait > deadline:
+                raise BrokerError(f"redis {self.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
+            log.warning("redis %s: %s failed (%s: %s); retrying in %.2fs",
+                        self.url, what, type(exc).__name__, exc, wait)
+            time.sleep(wait)
             try:
                 result = fn()
-                if failures:
-                    log.warning("redis %s: %s succeeded again after %d failure(s)", self.url, what, failures)
-                return result
-            except _TRANSIENT as exc:
-                failures += 1
-                self.failures += 1
-                if on_error is not None:
-                    on_error()
-                wait = backoff.compute(failures)
-                if self.closed or time.monotonic() + wait > deadline:
-                    raise BrokerError(f"redis {self.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
-                log.warning("redis %s: %s failed (%s: %s); retrying in %.2fs",
-                            self.url, what, type(exc).__name__, exc, wait)
-                time.sleep(wait)
+            except _TRANSIENT as again:
+                exc = again
+                continue
+            log.warning("redis %s: %s succeeded again after %d failure(s)", self.url, what, failures)
+            return result
 
 
 class RedisBroker(BrokerBase):
@@ -174,7 +183,7 @@ class RedisBroker(BrokerBase):
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
         if not bodies:
             return 0
-        level = int(priority or 0) if self.mode != "lmove" else 0
+        level = int(priority) if priority and self.mode != "lmove" else 0
         if delay > 0:
             delay_ms = max(1, int(delay * 1000))
             for start in range(0, len(bodies), CHUNK):
@@ -182,10 +191,10 @@ class RedisBroker(BrokerBase):
                 self.rc.call("publish", lambda c=chunk: self._publish_delayed(
                     args=[self.prefix, queue, str(level), delay_ms, *c]))
             return len(bodies)
-        key = self._list_key(queue, level)
-        if len(bodies) <= CHUNK and level == 0:
-            self.rc.call("publish", lambda: self.client.lpush(key, *bodies))
+        if level == 0 and len(bodies) <= CHUNK:
+            self.rc.call("publish", partial(self.client.lpush, f"{self.prefix}:q:{queue}", *bodies))
             return len(bodies)
+        key = self._list_key(queue, level)
 
         def send() -> None:
             pipe = self.client.pipeline(transaction=True)

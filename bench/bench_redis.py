@@ -1,0 +1,239 @@
+"""callq-redis (and callq-redis-stream) against raw redis-py doing the same work, same machine, same run.
+
+    .venv/bin/python bench/bench_redis.py [--single 4500] [--batched 60000] [--consume 9000]
+                                          [--worker 10000] [--concurrency 8] [--rounds 5]
+                                          [--modes reliable,lmove,fast,stream]
+
+The task's function does one Redis INCR, so every consume loop pays the same round trip per call.
+Rows (ratio = callq / raw, higher is better):
+
+* publish 1-by-1: ``Connection(url).publish(queue, [body])`` vs a raw ``LPUSH`` loop; both encode
+  the same JSON message (keyword arguments + metadata) per call.
+* publish batched: ``publish(queue, 1000 bodies)`` vs raw pipelined ``LPUSH`` (1,000 per pipeline).
+* consume loop: ``fetch(100)`` -> decode + INCR per message -> ``ack(batch)`` through Connection, vs a
+  raw loop that pops 100 per round trip (``RPOP key 100``), decodes and calls the function inline,
+  with no acks at all.
+* worker: a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the
+  same raw loop; also its peak RSS (ru_maxrss of the worker process).
+
+Every key lives under a fresh prefix and is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+from callq.broker import Connection
+from callq.message import decode, encode, new_meta
+
+REDIS = "redis://127.0.0.1:6379/0"
+QUEUE = "bench"
+
+
+def message(i: int) -> bytes:
+    return encode({"i": i, "name": "x" * 40}, new_meta())
+
+
+def raw_message(i: int) -> bytes:
+    return json.dumps({"i": i, "name": "x" * 40, "_callq": new_meta()}, separators=(",", ":")).encode()
+
+
+def rate(fn: Callable[[], int]) -> float:
+    started = time.perf_counter()
+    n = fn()
+    return n / (time.perf_counter() - started)
+
+
+def url_for(mode: str, prefix: str) -> str:
+    if mode == "stream":
+        return f"redis+stream://127.0.0.1:6379/0?prefix={prefix}"
+    return f"{REDIS}?mode={mode}&prefix={prefix}"
+
+
+# --- raw redis-py -----------------------------------------------------------------------------
+
+
+def raw_single(r: redis.Redis, key: str, n: int) -> int:
+    for i in range(n):
+        r.lpush(key, raw_message(i))
+    return n
+
+
+def raw_batched(r: redis.Redis, key: str, n: int, batch: int) -> int:
+    for start in range(0, n, batch):
+        pipe = r.pipeline(transaction=False)
+        for i in range(start, min(n, start + batch)):
+            pipe.lpush(key, raw_message(i))
+        pipe.execute()
+    return n
+
+
+def raw_consume(r: redis.Redis, key: str, counter: str, n: int, batch: int) -> int:
+    got = 0
+    while got < n:
+        items = r.rpop(key, batch) or []
+        for body in items:
+            json.loads(body)
+            r.incr(counter)
+        got += len(items)
+    return got
+
+
+# --- callq ------------------------------------------------------------------------------------
+
+
+def callq_single(conn: Connection, n: int) -> int:
+    for i in range(n):
+        conn.publish(QUEUE, [message(i)])
+    return n
+
+
+def callq_batched(conn: Connection, n: int, batch: int) -> int:
+    for start in range(0, n, batch):
+        conn.publish(QUEUE, [message(i) for i in range(start, min(n, start + batch))])
+    return n
+
+
+def callq_consume(conn: Connection, r: redis.Redis, counter: str, n: int, batch: int) -> int:
+    got = 0
+    while got < n:
+        deliveries = conn.fetch(QUEUE, batch, 1.0)
+        for d in deliveries:
+            decode(d.body)
+            r.incr(counter)
+        conn.ack(deliveries)
+        got += len(deliveries)
+    return got
+
+
+def worker_child(url: str, queue: str, counter: str, n: int, concurrency: int) -> None:
+    """Runs in its own process: consume ``n`` calls with a real worker, print rate and peak RSS."""
+    import callq
+
+    r = redis.Redis.from_url(REDIS)
+
+    @callq.task(queue, broker=url, concurrency=concurrency)
+    def work(i: int, name: str) -> None:
+        r.incr(counter)
+
+    started = time.perf_counter()
+    work.consume()
+    while int(r.get(counter) or 0) < n:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    work.stop()
+    callq.stop_all()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rate": n / elapsed, "rss_mb": peak_kb / 1024}), flush=True)
+
+
+def run_worker(url: str, conn: Connection, r: redis.Redis, counter: str, n: int, concurrency: int) -> dict:
+    callq_batched(conn, n, 1000)
+    r.delete(counter)
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker-child", url, QUEUE, counter, str(n), str(concurrency)],
+        capture_output=True, text=True, timeout=600,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def row(name: str, ours: float, raw: float) -> None:
+    print(f"{name:<34} {ours:>11,.0f}/s   raw {raw:>11,.0f}/s   ratio {ours / raw:6.2f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--single", type=int, default=4_500)
+    ap.add_argument("--batched", type=int, default=60_000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--consume", type=int, default=9_000)
+    ap.add_argument("--fetch", type=int, default=100)
+    ap.add_argument("--worker", type=int, default=10_000)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--modes", default="reliable,lmove,fast,stream")
+    ap.add_argument("--worker-child", nargs=5, metavar=("URL", "QUEUE", "COUNTER", "N", "CONCURRENCY"))
+    args = ap.parse_args()
+    if args.worker_child:
+        url, queue, counter, n, concurrency = args.worker_child
+        worker_child(url, queue, counter, int(n), int(concurrency))
+        return
+
+    prefix = f"cqbench-{uuid.uuid4().hex[:8]}"
+    r = redis.Redis.from_url(REDIS)
+    raw_key, counter = f"{prefix}:raw", f"{prefix}:counter"
+    try:
+        import hiredis  # noqa: F401
+        parser = "hiredis"
+    except ImportError:
+        parser = "pure-Python parser"
+    print(f"redis-py {redis.__version__} ({parser}), Redis {r.info('server')['redis_version']}, "
+          f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {args.rounds} "
+          "alternating rounds per row")
+    rounds = args.rounds
+
+    def best_of(ours: Callable[[int], int], raw: Callable[[int], int], n: int,
+                setup: Callable[[int], None] | None = None) -> tuple[float, float]:
+        """Alternate callq and raw rounds (noise hits both alike); the best rate of each."""
+        per = max(1, n // rounds)
+        best_ours = best_raw = 0.0
+        for _ in range(rounds):
+            if setup:
+                setup(per)
+            best_raw = max(best_raw, rate(lambda: raw(per)))
+            best_ours = max(best_ours, rate(lambda: ours(per)))
+        return best_ours, best_raw
+
+    try:
+        for mode in args.modes.split(","):
+            print(f"--- {mode}: {url_for(mode, prefix)}")
+            url = url_for(mode, f"{prefix}-{mode}")
+            conn = Connection(url)
+
+            def clear(_: int, c: Connection = conn) -> None:
+                c.purge(QUEUE)
+                r.delete(raw_key)
+
+            def fill(n: int, c: Connection = conn) -> None:
+                clear(n)
+                callq_batched(c, n, 1000)
+                raw_batched(r, raw_key, n, 1000)
+
+            try:
+                row("publish 1-by-1", *best_of(lambda n, c=conn: callq_single(c, n),
+                                               lambda n: raw_single(r, raw_key, n), args.single, clear))
+                row(f"publish batched ({args.batch}/call)",
+                    *best_of(lambda n, c=conn: callq_batched(c, n, args.batch),
+                             lambda n: raw_batched(r, raw_key, n, args.batch), args.batched, clear))
+                cons, raw_cons = best_of(lambda n, c=conn: callq_consume(c, r, counter, n, args.fetch),
+                                         lambda n: raw_consume(r, raw_key, counter, n, args.fetch),
+                                         args.consume, fill)
+                row(f"consume loop (fetch {args.fetch} + ack)", cons, raw_cons)
+                if args.worker:
+                    clear(0)
+                    res = run_worker(url, conn, r, counter, args.worker, args.concurrency)
+                    row(f"worker (concurrency {args.concurrency})", res["rate"], raw_cons)
+                    print(f"{'worker peak RSS':<34} {res['rss_mb']:>9.1f} MB", flush=True)
+                clear(0)
+            finally:
+                conn.close()
+    finally:
+        keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
+
+
+if __name__ == "__main__":
+    main()
