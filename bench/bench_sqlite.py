@@ -96,9 +96,10 @@ def raw_leased_consume(path: str, bodies: list[bytes], n: int, batch: int) -> fl
             rows = db.execute(sq._SELECT_READY, (QUEUE, prio, now, batch)).fetchall()
             ids = [r[0] for r in rows]
             marks = ",".join("?" * len(ids))
-            db.execute(sq._CLAIM.format(marks), (7, now + 30, *ids))
+            claim = sq._new_claim()
+            db.execute(sq._CLAIM.format(marks), (claim, now + 30, *ids))
             db.execute("COMMIT")
-            db.execute(sq._ACK.format(marks), (7, *ids))
+            db.execute(sq._ACK.format(marks), (claim, *ids))
             got += len(rows)
         return got
 

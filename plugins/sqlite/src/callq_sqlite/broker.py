@@ -116,8 +116,13 @@ def _signal_for(path: str) -> _Signal:
 
 
 def _new_claim() -> int:
-    """A random positive 63-bit number: unique across consumers, processes and forks."""
-    return int.from_bytes(os.urandom(8), "big") >> 1 or 1
+    """A random number in [1, 2**31), from os.urandom so forks do not repeat it.
+
+    It only has to differ from the other claims *of the same row id* (every statement
+    matches claim and id together), so 31 bits suffice; a 4-byte integer keeps the
+    row and index entry small when a claim stamps them.
+    """
+    return int.from_bytes(os.urandom(4), "big") >> 1 or 1
 
 
 def _marks(n: int) -> str:
