@@ -36,7 +36,7 @@ _SCHEMA = (
         redelivered INTEGER NOT NULL DEFAULT 0,  -- 1 once requeued or released
         body BLOB NOT NULL
     )""",
-    # Serves fetch (queue=?, ordered by priority, available_at <= now first in each priority),
+    # Serves fetch (a range seek per queue and priority on available_at <= now), next-due,
     # size and purge (claim is in the index, so they never read the table).
     f"CREATE INDEX IF NOT EXISTS {TABLE}_fetch ON {TABLE} (queue, priority DESC, available_at, claim)",
 )
