@@ -7,9 +7,10 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import ConfigError
+from .state import StateStore
 from .plugins import CallqPluginManager, connection_plugin_manager, get_plugin_manager
 from .url import BrokerURL
 
@@ -36,6 +37,7 @@ class Capabilities:
     native_delay: ``publish(delay=...)`` and ``requeue(delay=...)`` are honoured by the broker.
     priority: ``publish(priority=...)`` orders delivery, higher first.
     exact_size: ``size()`` is exact (not an estimate).
+    shared_state: ``callq_state_store`` returns a :class:`callq.state.StateStore`.
     redelivery_timeout: seconds within which a dead consumer's messages come back.
     """
 
@@ -46,6 +48,7 @@ class Capabilities:
     native_delay: bool = False
     priority: bool = False
     exact_size: bool = True
+    shared_state: bool = False
     redelivery_timeout: float = 30.0
 
 
@@ -74,8 +77,8 @@ class BrokerBase:
     """
 
     capabilities: Capabilities = Capabilities()
-    #: how often the worker calls ``callq_heartbeat`` (seconds)
-    heartbeat_interval: ClassVar[float] = 5.0
+    #: how often the worker calls ``callq_heartbeat`` (seconds); may be set per instance
+    heartbeat_interval: float = 5.0
 
     def __init__(self, url: BrokerURL) -> None:
         self.url = url
@@ -108,6 +111,7 @@ class Connection:
         self.capabilities: Capabilities = self.hook.callq_capabilities()
         self.heartbeat_interval: float = float(getattr(broker, "heartbeat_interval", 5.0))
         self._closed = False
+        self._state: StateStore | None = None
 
     def __repr__(self) -> str:
         return f"Connection({str(self.url)!r})"
@@ -147,6 +151,21 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def state(self) -> StateStore:
+        """The broker's shared key-value store; ConfigError if it has none."""
+        store = self._state
+        if store is None:
+            store = self.hook.callq_state_store()
+            if store is None:
+                raise ConfigError(
+                    f"broker {self.url} has no shared store (needed for dedup, pause, schedules and "
+                    "distributed qps); set the task's state= to a broker URL that has one "
+                    "(sqlite://, redis://, memory://)"
+                )
+            self._state = store
+        return store
 
 
 _connections: dict[tuple[int, str], Connection] = {}

@@ -23,6 +23,7 @@ import pluggy
 if TYPE_CHECKING:
     from .broker import BrokerBase, Capabilities, Delivery
     from .runner import CallContext, Consumer
+    from .state import StateStore
     from .url import BrokerURL
 
 hookspec = pluggy.HookspecMarker("callq")
@@ -87,6 +88,11 @@ def callq_purge(queue: str) -> int:
 @hookspec(firstresult=True)
 def callq_size(queue: str) -> int:
     """Return the number of messages waiting on ``queue`` (in-flight ones excluded)."""
+
+
+@hookspec(firstresult=True)
+def callq_state_store() -> StateStore | None:
+    """Return this broker's shared key-value store, or None if it has none (optional hook)."""
 
 
 @hookspec(firstresult=True)

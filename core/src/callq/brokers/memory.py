@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 
 from ..broker import BrokerBase, Capabilities, Delivery
+from ..state import MemoryState, StateStore
 from ..url import BrokerURL
 
 _stores: dict[str, _Store] = {}
@@ -25,6 +26,7 @@ class _Store:
         self.delayed: list[tuple[float, int, str, int, bytes]] = []
         self.inflight: dict[int, tuple[int, str, int, bytes]] = {}  # tag -> (owner, queue, prio, body)
         self.seq = itertools.count()
+        self.state = MemoryState()
 
     def _promote_due(self, now: float) -> None:
         delayed = self.delayed
@@ -63,6 +65,7 @@ class MemoryBroker(BrokerBase):
         native_delay=True,
         priority=True,
         exact_size=True,
+        shared_state=True,
         redelivery_timeout=0.0,
     )
     heartbeat_interval = 30.0
@@ -139,6 +142,9 @@ class MemoryBroker(BrokerBase):
         store = self._store
         with store.cond:
             return len(store.ready.get(queue, ())) + sum(1 for d in store.delayed if d[2] == queue)
+
+    def callq_state_store(self) -> StateStore:
+        return self._store.state
 
     def callq_close(self) -> bool:
         if self._closed:
