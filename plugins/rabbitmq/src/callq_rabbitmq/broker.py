@@ -123,7 +123,7 @@ class RabbitmqBroker(BrokerBase):
         self._loop_live = False
         self._gen = 0
         self._first_error: BaseException | None = None
-        self._attempted = threading.Event()
+        self._startup = threading.Event()  # set when first ready, or on a refusal that retrying cannot fix
 
         # I/O-thread state
         self._conn: pika.SelectConnection | None = None
@@ -137,9 +137,10 @@ class RabbitmqBroker(BrokerBase):
 
         self._thread = threading.Thread(target=self._io_main, name=f"callq-rabbitmq-io-{id(self):x}", daemon=True)
         self._thread.start()
-        if not self._ready.wait(self.connect_timeout + 1):
-            self._stop.set()
+        self._startup.wait(self.connect_timeout + 1)
+        if not self._ready.is_set():
             self._closing = True
+            self._stop.set()
             err = self._first_error
             raise BrokerError(f"cannot connect to RabbitMQ at {url}: {err or 'timed out'}")
 
@@ -188,7 +189,6 @@ class RabbitmqBroker(BrokerBase):
                                              on_close_callback=self._on_closed)
             except Exception as exc:  # noqa: BLE001 - bad parameters or resolver errors; retried
                 self._first_error = self._first_error or exc
-                self._attempted.set()
                 log.warning("RabbitMQ connection to %s failed (%s); retrying in %.1fs", self.url, exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -232,7 +232,9 @@ class RabbitmqBroker(BrokerBase):
 
     def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
         self._first_error = self._first_error or exc
-        self._attempted.set()
+        if isinstance(exc, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError,
+                            pika.exceptions.ProbableAccessDeniedError)):
+            self._startup.set()  # wrong credentials or vhost: fail the constructor now
         log.debug("RabbitMQ connection to %s failed: %r", self.url, exc)
         conn.ioloop.stop()
 
@@ -265,6 +267,7 @@ class RabbitmqBroker(BrokerBase):
         for queue, qos in subs.items():
             self._subscribe(queue, qos, None)
         self._ready.set()
+        self._startup.set()
         self._run_ops()
 
     def _on_pub_channel_closed(self, ch: Any, reason: BaseException) -> None:
