@@ -131,7 +131,7 @@ def test_every_hook_is_exercised_by_a_test():
     tree_names = {node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)}
     tree_names |= {node.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)}
     broker_methods = {"callq_" + n for n in ("publish", "fetch", "ack", "requeue", "heartbeat", "purge",
-                                             "size", "close", "capabilities")}
+                                             "size", "close", "capabilities", "state_store")}
     untested = [n for n in _hook_names()
                 if n not in tree_names and n not in broker_methods and n != "callq_open_broker"]
     assert not untested, f"hooks without a test: {untested}"

@@ -6,7 +6,8 @@ from .hookspecs import hookimpl
 from .options import TaskOptions
 from .plugins import get_plugin_manager, register, unregister
 from .runner import CallContext, Consumer, Stats, current, running_consumers, stop_all, wait
-from .task import Task, task
+from .state import StateStore
+from .task import Task, is_paused, pause, resume, task
 
 __version__ = "0.1.0"
 
@@ -14,5 +15,6 @@ __all__ = [
     "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
     "ConfigError", "Connection", "Consumer", "Delivery", "Reject", "Requeue", "Retry", "Stats",
     "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
-    "running_consumers", "stop_all", "task", "unregister", "wait",
+    "StateStore", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
+    "unregister", "wait",
 ]

@@ -167,3 +167,93 @@ class ElasticPool:
             self._pending += n
         for _ in range(n):
             self._q.put(_STOP)
+
+
+class AsyncioPool:
+    """Runs coroutines on one event loop in its own thread, at most ``max_concurrency`` at once.
+
+    Same surface as :class:`ElasticPool`, for ``async def`` tasks: many calls share one loop.
+    """
+
+    def __init__(self, max_concurrency: int, name: str = "callq-asyncio") -> None:
+        import asyncio
+
+        self.max_threads = max_concurrency
+        self.grow_after = 0.02
+        self.threads_started = 1
+        self._lock = threading.Lock()
+        self._all_done = threading.Condition(self._lock)
+        self._pending = 0
+        self._busy = 0
+        self._loop = asyncio.new_event_loop()
+        self._sem: asyncio.Semaphore | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=f"{name}-loop", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _serve(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+        self._sem = asyncio.Semaphore(self.max_threads)
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    @property
+    def threads(self) -> int:
+        return 1 if self._thread.is_alive() else 0
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def idle(self) -> int:
+        return self.max_threads - self._busy
+
+    def grow_if_starved(self) -> None:
+        return None
+
+    def submit(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        with self._lock:
+            self._pending += 1
+        self._loop.call_soon_threadsafe(self._start, fn, arg)
+
+    def _start(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self._loop.create_task(self._run(fn, arg))
+
+    async def _run(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        assert self._sem is not None
+        async with self._sem:
+            with self._lock:
+                self._pending -= 1
+                self._busy += 1
+            try:
+                await fn(arg)
+            except BaseException:  # noqa: BLE001
+                log.exception("unexpected error in asyncio task")
+            finally:
+                with self._lock:
+                    self._busy -= 1
+                    if self._busy == 0 and self._pending == 0:
+                        self._all_done.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._busy or self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._all_done.wait(remaining)
+            return True
+
+    def shutdown(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)

@@ -6,7 +6,12 @@ an acker (batched acks/requeues), a heartbeat, and the elastic pool's workers.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import datetime as dt
+import hashlib
 import heapq
+import inspect
 import itertools
 import logging
 import os
@@ -20,12 +25,15 @@ from time import perf_counter
 from collections import deque
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, Callable
 
 from .broker import Connection, Delivery, connect
-from .errors import Reject, Requeue, Retry
+from .errors import ConfigError, Reject, Requeue, Retry
 from .message import MalformedMessage, decode, dumps, encode, raw_for_dead_letter
-from .pool import ElasticPool
+from .options import in_blackout
+from .pool import AsyncioPool, ElasticPool
+from .state import StateStore
 
 if TYPE_CHECKING:
     from .task import Task
@@ -33,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("callq.worker")
 
 FETCH_TIMEOUT = 1.0
+MONITOR_STEP = 0.5
+STATE_STEP = 1.0  # seconds between reads of the pause flag and consumer counts
 ACK_INTERVAL = 0.02
 CHUNK_SECONDS = 0.002  # work per pool hand-off when calls are very fast
 MAX_HELD = 1000
@@ -43,7 +53,7 @@ class CallContext:
     """The call being run: available inside the function through :func:`callq.current`."""
 
     __slots__ = ("task", "queue", "kwargs", "meta", "delivery", "outcome", "error", "result",
-                 "started_at", "finished_at", "consumer")
+                 "started_at", "finished_at", "consumer", "dedup_key", "settled", "thread_id")
 
     def __init__(self, consumer: Consumer, delivery: Delivery, kwargs: dict[str, Any], meta: dict[str, Any]):
         self.consumer = consumer
@@ -57,6 +67,9 @@ class CallContext:
         self.result: Any = None
         self.started_at = 0.0
         self.finished_at = 0.0
+        self.dedup_key: str | None = None
+        self.settled = False
+        self.thread_id = 0
 
     @property
     def id(self) -> str | None:
@@ -90,6 +103,9 @@ class Stats:
     requeued: int
     dead: int
     malformed: int
+    expired: int
+    skipped: int
+    timed_out: int
     running: int
     threads: int
     elapsed: float
@@ -108,7 +124,20 @@ class Consumer:
         self.queue = opts.queue
         self.conn: Connection = connect(opts.broker)
         self.caps = self.conn.capabilities
-        self.pool = ElasticPool(opts.concurrency, opts.keepalive, name=f"callq-{opts.queue}")
+        self.is_async = inspect.iscoroutinefunction(task.fn)
+        if opts.mode == "asyncio" and not self.is_async:
+            raise ConfigError(f"{task.name}: mode='asyncio' needs an async def function")
+        if self.is_async and opts.mode != "asyncio" and opts.mode != "threads":
+            raise ConfigError(f"{task.name}: an async def function runs in mode='asyncio', not {opts.mode!r}")
+        if opts.mode in ("gevent", "eventlet"):
+            _check_green(opts.mode)
+        self.pool: ElasticPool | AsyncioPool
+        if self.is_async:
+            self.pool = AsyncioPool(opts.concurrency, name=f"callq-{opts.queue}")
+            self._run: Callable[[Any], Any] = self._execute_async
+        else:
+            self.pool = ElasticPool(opts.concurrency, opts.keepalive, name=f"callq-{opts.queue}")
+            self._run = self._execute
         self.limit = opts.prefetch_limit
         self.consumer_id = f"{_HOST}:{os.getpid()}:{id(self):x}"
         hook = self.conn.hook
@@ -127,22 +156,42 @@ class Consumer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._counts = dict.fromkeys(("received", "failed", "retried", "requeued", "dead", "malformed"), 0)
+        self._counts = dict.fromkeys(("received", "failed", "retried", "requeued", "dead", "malformed",
+                                      "expired", "skipped", "timed_out"), 0)
         self._done = itertools.count()  # next() is atomic: the hot path takes no lock
         self._started_at = 0.0
         self._next_slot = 0.0
         self._interval = 1.0 / opts.qps if opts.qps else 0.0
         self._latency = 1.0  # moving average of call duration (s); unknown = slow
+        self._fast = not (self._call_hooks or opts.dedup or opts.timeout)
+        self._tz = ZoneInfo(opts.timezone) if opts.timezone else None
+        self._paused = False
+        self._gate_logged: str | None = None
+        self._state_store: StateStore | None = None
+        self._watch: list[tuple[float, int, CallContext]] = []
+        self._watch_seq = 0
+        self._consumers_key = f"callq:consumers:{self.queue}:"
+        if opts.dedup or opts.distributed_qps:
+            _ = self.state  # fail now, not in the middle of a run, if there is no shared store
+
+    @property
+    def state(self) -> StateStore:
+        if self._state_store is None:
+            self._state_store = connect(self.options.state).state if self.options.state else self.conn.state
+        return self._state_store
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Consumer:
         self._started_at = time.monotonic()
+        self._refresh_shared()  # a paused queue must not deliver even one message
         with _running_lock:
             _running.add(self)
         self._hook.callq_consumer_started(consumer=self)
-        for target, name in ((self._dispatch_loop, "dispatch"), (self._ack_loop, "ack"),
-                             (self._heartbeat_loop, "heartbeat")):
+        loops = [(self._dispatch_loop, "dispatch"), (self._ack_loop, "ack"), (self._monitor_loop, "monitor")]
+        if self.options.timeout and not self.is_async:
+            loops.append((self._watchdog_loop, "watchdog"))
+        for target, name in loops:
             t = threading.Thread(target=target, name=f"callq-{self.queue}-{name}", daemon=name != "dispatch")
             t.start()
             self._threads.append(t)
@@ -167,7 +216,8 @@ class Consumer:
     def stats(self) -> Stats:
         c = self._counts
         return Stats(received=c["received"], done=_count_value(self._done), failed=c["failed"], retried=c["retried"],
-                     requeued=c["requeued"], dead=c["dead"], malformed=c["malformed"],
+                     requeued=c["requeued"], dead=c["dead"], malformed=c["malformed"], expired=c["expired"],
+                     skipped=c["skipped"], timed_out=c["timed_out"],
                      running=self.pool.busy, threads=self.pool.threads,
                      elapsed=(time.monotonic() - self._started_at) if self._started_at else 0.0)
 
@@ -200,6 +250,8 @@ class Consumer:
         try:
             while not self._stopping.is_set():
                 self._release_due()
+                if self._gate_closed():
+                    continue
                 free = self._capacity()
                 if free <= 0:
                     break
@@ -240,6 +292,28 @@ class Consumer:
         finally:
             self._shutdown()
 
+    def _gate_closed(self) -> bool:
+        """Paused or inside a blackout window: fetch nothing, wait a little."""
+        reason = None
+        if self._paused:
+            reason = "paused"
+        elif self.options.blackout:
+            now = dt.datetime.now(self._tz) if self._tz else dt.datetime.now()
+            until = in_blackout(self.options.blackout, now)
+            if until is not None:
+                reason = f"in a blackout window until {until:%H:%M}"
+        if reason is None:
+            if self._gate_logged:
+                log.info("%s: %s ended; consuming again", self.queue, self._gate_logged)
+                self._gate_logged = None
+            return False
+        if self._gate_logged != reason:
+            log.info("%s: %s; messages wait on the queue", self.queue, reason)
+            self._gate_logged = reason
+        self._flush()
+        self._stopping.wait(0.5)
+        return True
+
     def _check_idle(self, idle_since: float | None, limit: float) -> float | None:
         with self._lock:
             busy = self._unacked > 0
@@ -272,22 +346,61 @@ class Consumer:
             self._dead_letter_raw(delivery, str(exc))
             return None
         ctx = CallContext(self, delivery, kwargs, meta)
+        opts = self.options
+        now = time.time()
+        expires_at = meta.get("expires_at")
+        if expires_at is None and opts.expires is not None and "published_at" in meta:
+            expires_at = float(meta["published_at"]) + opts.expires
+        if expires_at is not None and now > float(expires_at):
+            self._drop(ctx, "expired", f"expired {now - float(expires_at):.1f}s ago")
+            return None
         eta = meta.get("eta")
         if eta is not None:
-            wait = float(eta) - time.time()
+            wait = float(eta) - now
             if wait > 0.002:
                 self._hold(ctx, wait)
                 return None
+            if opts.misfire_grace is not None and -wait > opts.misfire_grace:
+                self._drop(ctx, "expired", f"misfired: due {-wait:.1f}s ago, grace {opts.misfire_grace}s")
+                return None
+        if opts.dedup:
+            ctx.dedup_key = self._dedup_key(kwargs)
         return ctx
+
+    def _already_done(self, ctx: CallContext) -> bool:
+        """Dedup: the same arguments succeeded before (checked right before the call runs)."""
+        try:
+            seen = self.state.get(ctx.dedup_key) is not None  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - run it rather than lose it
+            log.warning("dedup lookup failed (%s); running the call", exc)
+            return False
+        if seen:
+            self._count("skipped")
+            log.info("%s: skipped %s, the same arguments already succeeded", self.queue, ctx.id)
+            self._ack(ctx.delivery)
+        return seen
+
+    def _dedup_key(self, kwargs: dict[str, Any]) -> str:
+        canonical = dumps(dict(sorted(kwargs.items())))
+        return f"callq:dedup:{self.queue}:{hashlib.sha256(canonical).hexdigest()}"
+
+    def _drop(self, ctx: CallContext, kind: str, why: str) -> None:
+        self._count(kind)
+        if self.options.expired_to_dlq:
+            log.warning("%s: %s %s; dead-lettered", self.queue, ctx.id, why)
+            self._dead_letter(ctx, why)
+        else:
+            log.warning("%s: dropped %s: %s", self.queue, ctx.id, why)
+            self._ack(ctx.delivery)
 
     def _submit_chunks(self, ready: list[CallContext]) -> None:
         """Hand calls to the pool; very fast calls go in chunks so threads hand off less often."""
         if not ready:
             return
         size = min(len(ready), max(1, int(CHUNK_SECONDS / max(self._latency, 1e-7))))
-        if size == 1:
+        if size == 1 or self.is_async or not self._fast:
             for ctx in ready:
-                self.pool.submit(self._execute, ctx)
+                self.pool.submit(self._run, ctx)
             return
         for i in range(0, len(ready), size):
             self.pool.submit(self._execute_chunk, ready[i:i + size])
@@ -307,7 +420,7 @@ class Consumer:
             if wait > 0.0005 and self._stopping.wait(wait):
                 self._requeue_many([ctx.delivery])
                 return
-        self.pool.submit(self._execute, ctx)
+        self.pool.submit(self._run, ctx)
 
     # --- local holds (eta on brokers without native delay) -----------------------------------
 
@@ -336,6 +449,11 @@ class Consumer:
             while self._held and self._held[0][0] <= now:
                 due.append(heapq.heappop(self._held)[2])
         for ctx in due:
+            opts = self.options
+            late = time.time() - float(ctx.meta.get("eta", 0) or 0)
+            if opts.misfire_grace is not None and late > opts.misfire_grace:
+                self._drop(ctx, "expired", f"misfired: due {late:.1f}s ago, grace {opts.misfire_grace}s")
+                continue
             self._submit(ctx)
 
     # --- running a call ------------------------------------------------------------------------
@@ -344,33 +462,60 @@ class Consumer:
         if self._stopping.is_set():
             self._requeue_many([ctx.delivery])
             return
+        if ctx.dedup_key is not None and self._already_done(ctx):
+            return
         _local.call = ctx
         ctx.started_at = time.time()
-        if self._call_hooks:
-            self._hook.callq_before_call(call=ctx)
         try:
-            started = perf_counter()
-            ctx.result = self.task.fn(**ctx.kwargs)
-            self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
-            ctx.outcome = "done"
-            if not self._call_hooks:  # fast path
+            if self._call_hooks:
+                self._hook.callq_before_call(call=ctx)
+            timeout = self.options.timeout
+            if timeout:
+                self._watch_call(ctx, timeout)
+            try:
+                started = perf_counter()
+                ctx.result = self.task.fn(**ctx.kwargs)
+                self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
+                ctx.outcome = "done"
+                if self._fast:
+                    _local.call = None
+                    self._ack(ctx.delivery)
+                    next(self._done)
+                    return
+            except CallTimeout:
+                pass  # the watchdog settled this call already
+            except BaseException as exc:  # noqa: BLE001 - any failure of user code is an outcome
+                self._classify(ctx, exc)
+            finally:
                 _local.call = None
-                self._ack(ctx.delivery)
-                next(self._done)
-                return
-        except Requeue as exc:
+                ctx.finished_at = time.time()
+            if timeout and not self._claim(ctx):
+                return  # abandoned after its timeout; the watchdog settled it
+            self._finish(ctx)
+        except CallTimeout:
+            pass  # a late timeout signal after the call ended on its own
+
+    def _classify(self, ctx: CallContext, exc: BaseException) -> None:
+        ctx.error = exc
+        if isinstance(exc, Requeue):
             ctx.outcome = "requeue"
-            ctx.error = exc
-        except Reject as exc:
+        elif isinstance(exc, Reject):
             ctx.outcome = "dead"
-            ctx.error = exc
-        except BaseException as exc:  # noqa: BLE001 - any failure of user code is an outcome
-            ctx.error = exc
+        else:
             ctx.outcome = "retry" if ctx.attempt < self.options.max_retries else "dead"
-        finally:
-            _local.call = None
-            ctx.finished_at = time.time()
+
+    def _claim(self, ctx: CallContext) -> bool:
+        """The first of the call's thread and the watchdog to claim a call settles it."""
+        with self._lock:
+            if ctx.settled:
+                return False
+            ctx.settled = True
+            return True
+
+    def _finish(self, ctx: CallContext) -> None:
         try:
+            if ctx.outcome == "done" and ctx.dedup_key is not None:
+                self.state.put(ctx.dedup_key, ctx.id or "1", ttl=self.options.dedup_ttl)
             self._settle(ctx)
         except Exception:  # noqa: BLE001
             log.exception("could not settle %r; it stays unacked and will be redelivered", ctx)
@@ -380,7 +525,70 @@ class Consumer:
             except Exception:  # noqa: BLE001
                 log.exception("callq_after_call hook failed for %r", ctx)
 
+    async def _execute_async(self, ctx: CallContext) -> None:
+        if self._stopping.is_set():
+            self._requeue_many([ctx.delivery])
+            return
+        if ctx.dedup_key is not None and await asyncio.to_thread(self._already_done, ctx):
+            return
+        ctx.started_at = time.time()
+        if self._call_hooks:
+            self._hook.callq_before_call(call=ctx)
+        timeout = self.options.timeout
+        try:
+            coro = self.task.fn(**ctx.kwargs)
+            ctx.result = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+            ctx.outcome = "done"
+        except asyncio.TimeoutError:
+            self._count("timed_out")
+            self._classify(ctx, TimeoutError(f"call exceeded its timeout of {timeout}s and was cancelled"))
+        except BaseException as exc:  # noqa: BLE001
+            if isinstance(exc, asyncio.CancelledError) and self._stopping.is_set():
+                self._requeue_many([ctx.delivery])
+                return
+            self._classify(ctx, exc)
+        ctx.finished_at = time.time()
+        if ctx.outcome == "done" and ctx.dedup_key is None and not self._call_hooks:
+            self._ack(ctx.delivery)
+            next(self._done)
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self._finish, ctx)
+
+    # --- timeouts (threads) ------------------------------------------------------------------
+
+    def _watch_call(self, ctx: CallContext, timeout: float) -> None:
+        ctx.thread_id = threading.get_ident()
+        with self._lock:
+            self._watch_seq += 1
+            heapq.heappush(self._watch, (time.monotonic() + timeout, self._watch_seq, ctx))
+
+    def _watchdog_loop(self) -> None:
+        timeout = self.options.timeout or 0.0
+        while not self._stopped.is_set():
+            expired: list[CallContext] = []
+            with self._lock:
+                now = time.monotonic()
+                while self._watch and (self._watch[0][2].settled or self._watch[0][0] <= now):
+                    _, _, ctx = heapq.heappop(self._watch)
+                    if not ctx.settled:
+                        ctx.settled = True
+                        expired.append(ctx)
+                wait = min(0.05, self._watch[0][0] - now) if self._watch else 0.05
+                if len(self._watch) > 1000:  # drop entries of calls that ended on their own
+                    self._watch = [w for w in self._watch if not w[2].settled]
+                    heapq.heapify(self._watch)
+            for ctx in expired:
+                self._count("timed_out")
+                log.warning("%s: call %s exceeded its timeout of %ss; abandoned (its thread runs on "
+                            "until the function returns)", self.queue, ctx.id, timeout)
+                _raise_in_thread(ctx.thread_id)
+                self._classify(ctx, TimeoutError(f"call exceeded its timeout of {timeout}s"))
+                ctx.finished_at = time.time()
+                self._finish(ctx)
+            self._stopped.wait(max(wait, 0.005))
+
     def _settle(self, ctx: CallContext) -> None:
+        """Ack, retry, requeue or dead-letter according to ``ctx.outcome``."""
         outcome = ctx.outcome
         if outcome == "done":
             self._ack(ctx.delivery)
@@ -515,16 +723,67 @@ class Consumer:
 
     # --- heartbeat ---------------------------------------------------------------------------
 
-    def _heartbeat_loop(self) -> None:
+    def _monitor_loop(self) -> None:
+        """Heartbeats, pause flag, distributed-qps share and the periodic rate log."""
+        opts = self.options
         interval = max(0.05, self.conn.heartbeat_interval)
-        while not self._stopping.wait(interval):
+        step = min(interval, MONITOR_STEP)
+        next_beat = time.monotonic() + interval
+        next_log = time.monotonic() + opts.rate_log_interval
+        last_done = 0
+        while not self._stopping.wait(step):
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + interval
+                self._heartbeat()
+            if now - self._last_state_check >= STATE_STEP:
+                self._refresh_shared()
+            if now >= next_log:
+                next_log = now + opts.rate_log_interval
+                last_done = self._log_rate(last_done)
+        if opts.distributed_qps:
             try:
-                recovered = self.conn.heartbeat()
-                if recovered:
-                    log.warning("recovered %d message(s) of dead consumers on %s", recovered, self.conn.url)
-                self._hook.callq_heartbeat_seen(consumer=self, recovered=recovered)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("heartbeat to %s failed: %s: %s", self.conn.url, type(exc).__name__, exc)
+                self.state.delete(self._consumers_key + self.consumer_id)
+            except Exception:  # noqa: BLE001
+                pass
+
+    _last_state_check = 0.0
+
+    def _heartbeat(self) -> None:
+        try:
+            recovered = self.conn.heartbeat()
+            if recovered:
+                log.warning("recovered %d message(s) of dead consumers on %s", recovered, self.conn.url)
+            self._hook.callq_heartbeat_seen(consumer=self, recovered=recovered)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("heartbeat to %s failed: %s: %s", self.conn.url, type(exc).__name__, exc)
+
+    def _refresh_shared(self) -> None:
+        self._last_state_check = time.monotonic()
+        opts = self.options
+        try:
+            if self._state_store is not None or self.conn.capabilities.shared_state or opts.state:
+                self._paused = self.state.get(pause_key(self.queue)) is not None
+            if opts.distributed_qps and opts.qps:
+                self.state.put(self._consumers_key + self.consumer_id, str(time.time()), ttl=STATE_STEP * 5)
+                live = max(1, len(self.state.scan(self._consumers_key)))
+                self._interval = live / opts.qps
+        except Exception as exc:  # noqa: BLE001
+            log.warning("shared store of %s unreachable: %s: %s", self.queue, type(exc).__name__, exc)
+
+    def _log_rate(self, last_done: int) -> int:
+        done = _count_value(self._done)
+        per_minute = (done - last_done) * 60.0 / self.options.rate_log_interval
+        try:
+            waiting = self.conn.size(self.queue)
+        except Exception:  # noqa: BLE001
+            waiting = -1
+        if per_minute > 0 and waiting >= 0:
+            eta = dt.timedelta(seconds=round(waiting / per_minute * 60))
+            log.info("%s: %.0f calls/min, %d waiting, about %s to drain", self.queue, per_minute, waiting, eta)
+        elif done != last_done or waiting > 0:
+            log.info("%s: %.0f calls/min, %d waiting", self.queue, per_minute, waiting)
+        return done
 
     # --- shutdown ----------------------------------------------------------------------------
 
@@ -557,6 +816,37 @@ class Consumer:
 def _count_value(counter: itertools.count[int]) -> int:
     """Current value of an itertools.count without advancing it."""
     return int(repr(counter)[6:-1])
+
+
+class CallTimeout(TimeoutError):
+    """Raised inside a thread whose call exceeded its timeout."""
+
+
+def _raise_in_thread(thread_id: int) -> None:
+    """Interrupt Python code running in that thread (not a blocking C call)."""
+    if thread_id:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(CallTimeout))
+
+
+def _check_green(mode: str) -> None:
+    try:
+        if mode == "gevent":
+            from gevent import monkey
+
+            patched = monkey.is_module_patched("threading")
+        else:
+            import eventlet.patcher
+
+            patched = eventlet.patcher.is_monkey_patched("thread")
+    except ImportError:
+        raise ConfigError(f"mode={mode!r} needs {mode} installed: pip install {mode}") from None
+    if not patched:
+        first = "from gevent import monkey; monkey.patch_all()" if mode == "gevent" else "import eventlet; eventlet.monkey_patch()"
+        raise ConfigError(f"mode={mode!r}: call `{first}` at the very top of your program, before other imports")
+
+
+def pause_key(queue: str) -> str:
+    return f"callq:pause:{queue}"
 
 
 def _drain(items: deque[Any]) -> list[Any]:

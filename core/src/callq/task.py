@@ -7,8 +7,8 @@ import functools
 import inspect
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Generic, TypeVar, overload
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Callable, Generic, Literal, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
@@ -16,7 +16,7 @@ from .broker import Connection, connect
 from .errors import ConfigError
 from .message import META_KEY, encode, new_meta
 from .options import TaskOptions
-from .runner import Consumer, Stats, install_signal_handlers
+from .runner import Consumer, Stats, install_signal_handlers, pause_key
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +69,7 @@ class Task(Generic[P, R]):
         countdown: float | None = None,
         eta: dt.datetime | float | None = None,
         priority: int | None = None,
+        expires: float | None = None,
         id: str | None = None,  # noqa: A002 - the message id
     ) -> str:
         """Publish one call given as keyword arguments, with per-message options.
@@ -76,6 +77,7 @@ class Task(Generic[P, R]):
         countdown: run no earlier than this many seconds from now.
         eta: run no earlier than this time (aware datetime, or a UNIX timestamp).
         priority: higher first, on brokers that support priorities.
+        expires: drop the call if not started within this many seconds of publishing.
         id: the message id (default: a new uuid4 hex).
         """
         if not isinstance(kwargs, Mapping):
@@ -83,7 +85,12 @@ class Task(Generic[P, R]):
                             f"got {type(kwargs).__name__}")
         checked = self._bind((), dict(kwargs))
         due = _due(countdown, eta)
-        return self._publish_many([checked], meta=new_meta(eta=due, msg_id=id), priority=priority)[0]
+        if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
+                                    or expires <= 0):
+            raise TypeError(f"expires must be a number of seconds > 0, got {expires!r}")
+        expires_at = time.time() + expires if expires is not None else None
+        meta = new_meta(eta=due, expires_at=expires_at, msg_id=id)
+        return self._publish_many([checked], meta=meta, priority=priority)[0]
 
     def push_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[str]:
         """Publish many calls in batches. Each item is a tuple of positional arguments or a
@@ -171,6 +178,17 @@ class Task(Generic[P, R]):
 
     # --- queue -------------------------------------------------------------------------------
 
+    def pause(self) -> None:
+        """Pause this queue for every consumer, on every host (a flag in the shared store)."""
+        pause(self.options.queue, broker=self.options.state or self.options.broker)
+
+    def resume(self) -> None:
+        """Resume a paused queue."""
+        resume(self.options.queue, broker=self.options.state or self.options.broker)
+
+    def is_paused(self) -> bool:
+        return is_paused(self.options.queue, broker=self.options.state or self.options.broker)
+
     def size(self) -> int:
         """Messages waiting on the queue."""
         return self.connection.size(self.options.queue)
@@ -189,6 +207,19 @@ class Task(Generic[P, R]):
             if unknown:
                 return f"unexpected argument(s) {', '.join(sorted(unknown))} for {self.name}"
         return None
+
+
+def pause(queue: str, *, broker: str | None = None) -> None:
+    """Pause ``queue``: its consumers everywhere stop fetching within about a second."""
+    connect(broker).state.put(pause_key(queue), str(time.time()))
+
+
+def resume(queue: str, *, broker: str | None = None) -> None:
+    connect(broker).state.delete(pause_key(queue))
+
+
+def is_paused(queue: str, *, broker: str | None = None) -> bool:
+    return connect(broker).state.get(pause_key(queue)) is not None
 
 
 def _parameters(fn: Callable[..., Any], sig: inspect.Signature) -> tuple[frozenset[str], frozenset[str] | None]:
@@ -234,7 +265,12 @@ def task(queue: str, *, broker: str | None = None, concurrency: int = 32, qps: f
          max_retries: int = 3, retry_backoff: float = 1.0, retry_backoff_max: float = 300.0,
          dead_letter_queue: str | None = None, prefetch_buffer: int | None = None,
          keepalive: float = 10.0, stop_when_idle: float | None = None,
-         shutdown_timeout: float = 30.0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+         shutdown_timeout: float = 30.0, timeout: float | None = None, expires: float | None = None,
+         expired_to_dlq: bool = False, misfire_grace: float | None = None, dedup: bool = False,
+         dedup_ttl: float | None = None, distributed_qps: bool = False,
+         blackout: Sequence[tuple[str, str]] = (), timezone: str | None = None,
+         mode: Literal["threads", "asyncio", "gevent", "eventlet"] = "threads", state: str | None = None,
+         rate_log_interval: float = 60.0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 @overload
@@ -255,6 +291,18 @@ def task(
     keepalive: float = 10.0,
     stop_when_idle: float | None = None,
     shutdown_timeout: float = 30.0,
+    timeout: float | None = None,
+    expires: float | None = None,
+    expired_to_dlq: bool = False,
+    misfire_grace: float | None = None,
+    dedup: bool = False,
+    dedup_ttl: float | None = None,
+    distributed_qps: bool = False,
+    blackout: Sequence[tuple[str, str]] = (),
+    timezone: str | None = None,
+    mode: Literal["threads", "asyncio", "gevent", "eventlet"] = "threads",
+    state: str | None = None,
+    rate_log_interval: float = 60.0,
 ) -> Callable[[Callable[P, R]], Task[P, R]]:
     """Decorate a plain function to run it through ``queue``.
 
@@ -268,7 +316,10 @@ def task(
             queue=queue, broker=broker, concurrency=concurrency, qps=qps, max_retries=max_retries,
             retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
             dead_letter_queue=dead_letter_queue, prefetch_buffer=prefetch_buffer, keepalive=keepalive,
-            stop_when_idle=stop_when_idle, shutdown_timeout=shutdown_timeout,
+            stop_when_idle=stop_when_idle, shutdown_timeout=shutdown_timeout, timeout=timeout,
+            expires=expires, expired_to_dlq=expired_to_dlq, misfire_grace=misfire_grace, dedup=dedup,
+            dedup_ttl=dedup_ttl, distributed_qps=distributed_qps, blackout=tuple(blackout),
+            timezone=timezone, mode=mode, state=state, rate_log_interval=rate_log_interval,
         )
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
