@@ -31,6 +31,8 @@ import redis
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
+
+from .state import RedisState
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -149,6 +151,7 @@ class RedisBroker(BrokerBase):
             native_delay=True,
             priority=self.mode != "lmove",
             exact_size=True,
+            shared_state=True,
             redelivery_timeout=lease if self.mode != "fast" else 0.0,
         )
         self.client = redis_client(url, socket_timeout=socket_timeout)
@@ -172,6 +175,7 @@ class RedisBroker(BrokerBase):
         self._suspect = False  # a claim failed in transit: look for orphans
         self._registered = False  # fetched at least once: heartbeats keep us alive
         self._closed = False
+        self._state: RedisState | None = None
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -405,6 +409,11 @@ class RedisBroker(BrokerBase):
 
     def callq_purge(self, queue: str) -> int:
         return int(self.rc.call("purge", lambda: self._purge(args=[self.prefix, queue])))
+
+    def callq_state_store(self) -> RedisState:
+        if self._state is None:
+            self._state = RedisState(self.client, self.rc, self.prefix)
+        return self._state
 
     def callq_close(self) -> bool:
         if self._closed:
