@@ -28,6 +28,7 @@ from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
 from callq_redis.broker import RetryingClient, redis_client
+from callq_redis.state import RedisState
 from redis.exceptions import ResponseError
 
 log = logging.getLogger("callq.redis_stream")
@@ -181,6 +182,7 @@ class RedisStreamBroker(BrokerBase):
             native_delay=False,
             priority=False,
             exact_size=self.maxlen is None,
+            shared_state=True,
             redelivery_timeout=lease,
         )
         self.client = redis_client(dataclasses.replace(url, scheme=_redis_scheme(url)),
@@ -200,6 +202,7 @@ class RedisStreamBroker(BrokerBase):
         self._next_maintenance = 0.0
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY
         self._closed = False
+        self._state: RedisState | None = None
 
     def _key(self, queue: str) -> str:
         return f"{self.prefix}:s:{queue}"
@@ -383,6 +386,11 @@ class RedisStreamBroker(BrokerBase):
 
     def callq_purge(self, queue: str) -> int:
         return int(self.rc.call("purge", lambda: self._purge(args=[self._key(queue), self.group])))
+
+    def callq_state_store(self) -> RedisState:
+        if self._state is None:
+            self._state = RedisState(self.client, self.rc, self.prefix)
+        return self._state
 
     def callq_close(self) -> bool:
         if self._closed:
