@@ -20,7 +20,10 @@ from typing import Any
 
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
+from callq.state import StateStore
 from callq.url import BrokerURL
+
+from .state import STATE_SCHEMA, SqliteState
 
 log = logging.getLogger("callq.sqlite")
 
@@ -41,7 +44,10 @@ _SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_fetch ON {TABLE} (queue, priority DESC, available_at, claim)",
 )
 
-#: ``PRAGMA user_version`` of the layout above; a file with another layout is refused
+#: ``PRAGMA user_version`` of the message layout; a file with another layout is refused.
+#: Additive changes that every reader of the layout can ignore (the ``callq_state`` table,
+#: created by ``CREATE TABLE IF NOT EXISTS`` on open) keep the number, so a file stays
+#: usable by older and newer callq-sqlite at once; see docs/brokers/sqlite.md.
 SCHEMA_VERSION = 1
 
 _INSERT = f"INSERT INTO {TABLE} (queue, priority, available_at, body) VALUES (?, ?, ?, ?)"
@@ -197,6 +203,7 @@ class SqliteBroker(BrokerBase):
             native_delay=True,
             priority=True,
             exact_size=True,
+            shared_state=True,
             redelivery_timeout=self.lease + self.poll + 0.5,
         )
         self._signal = _signal_for(self.path)
@@ -217,6 +224,7 @@ class SqliteBroker(BrokerBase):
             self._create_schema(db)
         finally:
             self._checkin(db)
+        self._state = SqliteState(self)
 
     def __repr__(self) -> str:
         return f"SqliteBroker({self.path!r})"
@@ -288,7 +296,7 @@ class SqliteBroker(BrokerBase):
                     f"sqlite file {self.path} holds callq queues of layout {version}; this "
                     f"callq-sqlite uses layout {SCHEMA_VERSION}: drain it with the callq-sqlite "
                     "that wrote it, or use another file")
-            for statement in _SCHEMA:
+            for statement in (*_SCHEMA, *STATE_SCHEMA):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
@@ -508,6 +516,9 @@ class SqliteBroker(BrokerBase):
             raise self._fail("size", exc) from exc
         finally:
             self._checkin(db)
+
+    def callq_state_store(self) -> StateStore:
+        return self._state
 
     def callq_close(self) -> bool:
         if self._closed:
