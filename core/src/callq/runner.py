@@ -42,6 +42,7 @@ log = logging.getLogger("callq.worker")
 
 FETCH_TIMEOUT = 1.0
 MONITOR_STEP = 0.5
+CATCH_UP = 0.05  # a rate gate running late by less than this catches up (no lost starts)
 STATE_STEP = 1.0  # seconds between reads of the pause flag and consumer counts
 ACK_INTERVAL = 0.02
 CHUNK_SECONDS = 0.002  # work per pool hand-off when calls are very fast
@@ -413,8 +414,8 @@ class Consumer:
         if self._interval:
             now = time.monotonic()
             slot = self._next_slot
-            if slot < now - self._interval:
-                slot = now
+            if slot < now - max(self._interval, CATCH_UP):
+                slot = now  # idle or far behind: start afresh rather than burst
             self._next_slot = slot + self._interval
             wait = slot - now
             if wait > 0.0005 and self._stopping.wait(wait):
