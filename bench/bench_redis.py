@@ -139,10 +139,14 @@ def worker_child(url: str, queue: str, counter: str, n: int, concurrency: int) -
 def run_worker(url: str, conn: Connection, r: redis.Redis, counter: str, n: int, concurrency: int) -> dict:
     callq_batched(conn, n, 1000)
     r.delete(counter)
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker-child", url, QUEUE, counter, str(n), str(concurrency)],
-        capture_output=True, text=True, timeout=600,
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker-child", url, QUEUE, counter, str(n), str(concurrency)],
+            capture_output=True, text=True, timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("the worker did not run every call within 120s; was Redis restarted "
+                           "meanwhile (it keeps nothing on disk here)?") from None
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
