@@ -24,7 +24,35 @@ log = logging.getLogger("callq.pool")
 _STOP = object()
 
 
-class ElasticPool:
+class _Counted:
+    """What both pools share: counters of waiting and running tasks, and waiting for none."""
+
+    _lock: threading.Lock
+    _all_done: threading.Condition
+    _busy: int
+    _pending: int
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no task runs or waits; True if that happened within ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._busy or self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._all_done.wait(remaining)
+            return True
+
+
+class ElasticPool(_Counted):
     def __init__(self, max_threads: int, keepalive: float = 10.0, name: str = "callq",
                  grow_after: float = 0.02) -> None:
         self.max_threads = max_threads
@@ -49,13 +77,6 @@ class ElasticPool:
     def threads(self) -> int:
         return self._threads
 
-    @property
-    def busy(self) -> int:
-        return self._busy
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     @property
     def idle(self) -> int:
@@ -149,16 +170,6 @@ class ElasticPool:
         self._threads -= 1
         self._all_done.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no task runs or waits; True if that happened within ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while self._busy or self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._all_done.wait(remaining)
-            return True
 
     def shutdown(self) -> None:
         """Ask every thread to leave once its current task is done."""
@@ -169,7 +180,7 @@ class ElasticPool:
             self._q.put(_STOP)
 
 
-class AsyncioPool:
+class AsyncioPool(_Counted):
     """Runs coroutines on one event loop in its own thread, at most ``max_concurrency`` at once.
 
     Same surface as :class:`ElasticPool`, for ``async def`` tasks: many calls share one loop.
@@ -205,13 +216,6 @@ class AsyncioPool:
     def threads(self) -> int:
         return 1 if self._thread.is_alive() else 0
 
-    @property
-    def busy(self) -> int:
-        return self._busy
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     @property
     def idle(self) -> int:
@@ -244,15 +248,6 @@ class AsyncioPool:
                     if self._busy == 0 and self._pending == 0:
                         self._all_done.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while self._busy or self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._all_done.wait(remaining)
-            return True
 
     def shutdown(self) -> None:
         if self._loop.is_running():
