@@ -8,7 +8,7 @@ import inspect
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Literal, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
@@ -17,6 +17,9 @@ from .errors import ConfigError
 from .message import META_KEY, encode, new_meta
 from .options import TaskOptions
 from .runner import Consumer, Stats, install_signal_handlers, pause_key
+
+if TYPE_CHECKING:
+    from .processes import ProcessGroup
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -152,12 +155,34 @@ class Task(Generic[P, R]):
 
     # --- consuming ---------------------------------------------------------------------------
 
-    def consume(self) -> Consumer:
+    @overload
+    def consume(self, processes: None = None) -> Consumer: ...
+
+    @overload
+    def consume(self, processes: int, *, start_method: str | None = None,
+                hard_timeout: float | None = None, max_restarts: int = 5) -> ProcessGroup: ...
+
+    def consume(self, processes: int | None = None, *, start_method: str | None = None,
+                hard_timeout: float | None = None, max_restarts: int = 5) -> Consumer | ProcessGroup:
         """Start consuming this task's queue in background threads and return at once.
 
         Several tasks can consume in one process; ``callq.wait()`` blocks until they stop.
         A plain script keeps running while a consumer runs; SIGINT/SIGTERM stop it gracefully.
+
+        ``processes=N`` starts N supervised worker processes instead, each with its own pool,
+        and returns a :class:`callq.processes.ProcessGroup` (see docs/guide.md, "Processes and
+        the command line"). ``start_method``: "fork", "spawn" or "forkserver" (default:
+        ``CALLQ_START_METHOD``, else fork on Linux when this process runs one thread, else
+        spawn). ``hard_timeout``: kill a worker process whose call ran longer (seconds).
+        ``max_restarts``: crashes in a row, each within 5 s of starting, before giving up.
         """
+        if processes is not None:
+            from .processes import ProcessGroup
+
+            return ProcessGroup(self, processes, start_method=start_method, hard_timeout=hard_timeout,
+                                max_restarts=max_restarts).start()
+        if start_method is not None or hard_timeout is not None:
+            raise ConfigError("start_method and hard_timeout need processes=N")
         with self._consumer_lock:
             if self._consumer is not None and self._consumer.running:
                 return self._consumer
