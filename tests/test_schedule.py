@@ -12,11 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import callq
-from callq.brokers.memory import MemoryBroker
+import pytest
 from callq.broker import Capabilities, Connection
+from callq.brokers.memory import MemoryBroker
 from callq.errors import ConfigError
 from callq.message import decode
 from callq.schedule import KEY_PREFIX, Scheduler, at, cron, crontab, every, tick_key
