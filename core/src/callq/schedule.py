@@ -485,7 +485,8 @@ class Scheduler:
         assert job.state is not None
         store = self._store(job.state)
         if not store.put(key, self.owner, ttl=job.lock_ttl, only_new=True):
-            log.debug("schedule %r: tick %s taken by %s", job.id, scheduled.isoformat(), store.get(key))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("schedule %r: tick %s taken by %s", job.id, scheduled.isoformat(), store.get(key))
             with self._lock:
                 counts.taken_elsewhere += 1
             return False
