@@ -147,6 +147,7 @@ class KombuBroker(BrokerBase):
         self._pub_lock = threading.Lock()
         self._pub_conn: kombu.Connection | None = None
         self._producer: kombu.Producer | None = None
+        self._declared: set[str] = set()
         self._closed = False
         try:
             self._publisher()  # fail loudly now if the server is not there
@@ -180,6 +181,7 @@ class KombuBroker(BrokerBase):
 
     def _drop_publisher(self) -> None:
         conn, self._pub_conn, self._producer = self._pub_conn, None, None
+        self._declared.clear()
         if conn is not None:
             try:
                 conn.release()
@@ -199,7 +201,9 @@ class KombuBroker(BrokerBase):
             for attempt in (1, 2):
                 try:
                     producer = self._publisher()
-                    kq(producer.channel).declare()
+                    if queue not in self._declared:  # once per publishing connection
+                        kq(producer.channel).declare()
+                        self._declared.add(queue)
                     for body in bodies:
                         producer.publish(body, routing_key=queue, exchange="", content_type="application/json",
                                          content_encoding="binary", delivery_mode=2)
