@@ -6,6 +6,7 @@ from .hookspecs import hookimpl
 from .options import TaskOptions
 from .plugins import get_plugin_manager, register, unregister
 from .runner import CallContext, Consumer, Stats, current, running_consumers, stop_all, wait
+from .schedule import Scheduler, at, cron, crontab, every
 from .state import StateStore
 from .task import Task, is_paused, pause, resume, task
 
@@ -15,6 +16,6 @@ __all__ = [
     "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
     "ConfigError", "Connection", "Consumer", "Delivery", "Reject", "Requeue", "Retry", "Stats",
     "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
-    "StateStore", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
+    "Scheduler", "StateStore", "at", "cron", "crontab", "every", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
     "unregister", "wait",
 ]

@@ -46,6 +46,7 @@ CATCH_UP = 0.05  # a rate gate running late by less than this catches up (no los
 STATE_STEP = 1.0  # seconds between reads of the pause flag and consumer counts
 ACK_INTERVAL = 0.02
 CHUNK_SECONDS = 0.002  # work per pool hand-off when calls are very fast
+CHUNK_BELOW = 0.00002  # calls shorter than this (no I/O worth overlapping) go in chunks
 MAX_HELD = 1000
 _HOST = socket.gethostname()
 
@@ -398,8 +399,10 @@ class Consumer:
         """Hand calls to the pool; very fast calls go in chunks so threads hand off less often."""
         if not ready:
             return
-        size = min(len(ready), max(1, int(CHUNK_SECONDS / max(self._latency, 1e-7))))
-        if size == 1 or self.is_async or not self._fast:
+        size = 1
+        if self._latency < CHUNK_BELOW:  # calls too short to gain from overlapping: chunk them
+            size = min(len(ready), int(CHUNK_SECONDS / max(self._latency, 1e-7)))
+        if size <= 1 or self.is_async or not self._fast:
             for ctx in ready:
                 self.pool.submit(self._run, ctx)
             return
