@@ -323,7 +323,7 @@ class ProcessGroup:
                         log.warning("worker process %s of %s did not stop in time; killing it",
                                     proc.pid, self.queue)
                         proc.kill()
-                    elif not stopping:
+                    else:
                         self._check_hard_timeout(slot, proc)
                     continue
                 self._procs[slot] = None
