@@ -1,9 +1,9 @@
 """An elastic thread pool: threads start only when work waits, and leave when not needed.
 
-Growth: a new thread starts when a submitted task finds no idle thread and no task was
-taken for ``grow_after`` seconds (the pool is saturated), or when a worker takes a task
-that waited longer than that. Fast tasks therefore run on few threads, slow ones get as
-many as their latency needs, up to ``max_threads``.
+Growth: a new thread starts when a submitted task finds no idle thread, or when a worker
+takes a task that waited longer than ``grow_after``. Slow calls get as many threads as
+their latency needs, up to ``max_threads``; very fast calls arrive in chunks (see the
+runner) and so run on few threads.
 
 Shrink: a thread leaves after ``keepalive`` seconds without work, and also right after a
 task (once it has lived ``keepalive`` seconds) when more threads are alive than the busiest
@@ -87,9 +87,7 @@ class ElasticPool(_Counted):
         self._q.put((fn, arg, now))
         with self._lock:
             self._pending += 1
-            if self._threads == 0 or (
-                self._pending > self._idle and now - self._last_take > self.grow_after
-            ):
+            if self._pending > self._idle:  # work waits and no thread is free
                 self._spawn_locked(1)
 
     def grow_if_starved(self) -> None:
