@@ -42,6 +42,7 @@ log = logging.getLogger("callq.worker")
 
 FETCH_TIMEOUT = 1.0
 MONITOR_STEP = 0.5
+MAX_SETTLE_FAILURES = 8
 CATCH_UP = 0.05  # a rate gate running late by less than this catches up (no lost starts)
 STATE_STEP = 1.0  # seconds between reads of the pause flag and consumer counts
 ACK_INTERVAL = 0.02
@@ -693,8 +694,10 @@ class Consumer:
                 self.conn.ack(acks)
                 done += len(acks)
             except Exception as exc:  # noqa: BLE001
-                log.warning("ack of %d message(s) failed (%s); retrying", len(acks), exc)
-                self._to_ack.extend(acks)
+                if self._give_up("ack", len(acks), exc):
+                    done += len(acks)
+                else:
+                    self._to_ack.extend(acks)
         if requeues:
             by_delay: dict[float, list[Delivery]] = {}
             for d, delay in requeues:
@@ -704,13 +707,31 @@ class Consumer:
                     self.conn.requeue(ds, delay)
                     done += len(ds)
                 except Exception as exc:  # noqa: BLE001
-                    log.warning("requeue of %d message(s) failed (%s); retrying", len(ds), exc)
-                    self._to_requeue.extend((d, delay) for d in ds)
+                    if self._give_up("requeue", len(ds), exc):
+                        done += len(ds)
+                    else:
+                        self._to_requeue.extend((d, delay) for d in ds)
         if done:
+            self._settle_failures = 0
             with self._lock:
                 self._unacked -= done
                 self._lock.notify_all()
         return done
+
+    _settle_failures = 0
+
+    def _give_up(self, what: str, n: int, exc: Exception) -> bool:
+        """After repeated failures stop retrying: the broker redelivers those messages itself."""
+        self._settle_failures += 1
+        if self._settle_failures >= MAX_SETTLE_FAILURES:
+            log.error("%s of %d message(s) failed %d times (%s: %s); giving up: the broker redelivers "
+                      "them when their lease ends (a call may run twice)", what, n,
+                      self._settle_failures, type(exc).__name__, exc)
+            self._settle_failures = 0
+            return True
+        log.warning("%s of %d message(s) failed (%s: %s); retrying", what, n, type(exc).__name__, exc)
+        time.sleep(min(0.05 * 2 ** self._settle_failures, 2.0))
+        return False
 
     def _ack_loop(self) -> None:
         # The dispatcher flushes before each fetch; this thread bounds ack latency while it waits.

@@ -99,9 +99,14 @@ class BrokerContract:
         name = fresh_queue_name()
         self.prime(connection, name)
         yield name
+        self.cleanup(broker_url, name)
+
+    def cleanup(self, broker_url: str, queue: str) -> None:
+        """Remove what a test left on ``queue``; override to delete the queue itself."""
         cleaner = Connection(broker_url)
         try:
-            cleaner.purge(name)
+            cleaner.purge(queue)
+            cleaner.purge(f"{queue}.dlq")
         finally:
             cleaner.close()
 
@@ -243,6 +248,26 @@ class BrokerContract:
         back = drain(connection, queue, 20, timeout=caps.redelivery_timeout + self.wait_margin)
         assert sorted(d.body for d in back) == sorted(bodies)
 
+    def test_heartbeats_keep_messages_past_the_lease(self, broker_url: str, connection: Connection,
+                                                     queue: str, caps: Capabilities) -> None:
+        """A slow consumer that keeps heartbeating keeps its messages (no fixed visibility timeout)."""
+        self.require(caps, "acks", "distributed")
+        connection.publish(queue, [b"slow"])
+        holder = self.open(broker_url)
+        try:
+            held = drain(holder, queue, 1, ack=False)
+            assert len(held) == 1
+            hold_for = min(caps.redelivery_timeout * 1.5 + 1.0, 20.0)
+            deadline = time.monotonic() + hold_for
+            interval = max(0.05, min(holder.heartbeat_interval, 1.0))
+            while time.monotonic() < deadline:
+                holder.heartbeat()
+                assert connection.fetch(queue, 1, interval) == [], "redelivered while its consumer heartbeats"
+            holder.ack(held)
+        finally:
+            holder.close()
+        assert _settle(connection, queue, 1.0) == []
+
     def test_other_process_sees_published_messages(self, broker_url: str, connection: Connection,
                                                   queue: str, caps: Capabilities) -> None:
         self.require(caps, "distributed")
@@ -323,6 +348,8 @@ class BrokerContract:
             finally:
                 conn.close()
 
+        if caps.distributed:
+            connection.close()  # an idle subscriber (see prime) must not take a share
         consumers = [threading.Thread(target=consume) for _ in range(n_cons)]
         for t in consumers:
             t.start()
