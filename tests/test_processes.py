@@ -203,3 +203,31 @@ def test_start_method_from_environment(monkeypatch):
     monkeypatch.setenv("CALLQ_START_METHOD", "nope")
     with pytest.raises(callq.ConfigError):
         resolve_start_method()
+
+
+CRASHING = textwrap.dedent("""
+    import logging, os, sys
+    import callq
+
+    logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(message)s")
+
+    @callq.task("crashing", broker=sys.argv[1])
+    def crash(i):
+        os._exit(3)
+
+    if __name__ == "__main__":
+        crash.push_many((i,) for i in range(5))
+        group = crash.consume(processes=1, max_restarts=1)
+        callq.wait()
+        print(f"restarts={group.restarts} alive={group.alive} error={group.error}", flush=True)
+""")
+
+
+def test_a_child_that_keeps_crashing_makes_the_group_give_up(tmp_path):
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING)
+    r = subprocess.run([sys.executable, str(script), f"sqlite:///{tmp_path}/q.db?lease=1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "restarts=1 alive=0 error=worker process of crashing died 2 times in a row" in r.stdout
+    assert "died unexpectedly (exit code 3); restarting it in 0.5s" in r.stderr
