@@ -84,6 +84,11 @@ def test_unsupported_signatures_are_refused_at_decoration(mem_url):
         def f(*args):
             pass
 
+    with pytest.raises(ConfigError, match="reserved"):
+        @callq.task("bad", broker=mem_url)
+        def h(_callq):
+            pass
+
     with pytest.raises(ConfigError, match="positional-only"):
         @callq.task("bad", broker=mem_url)
         def g(a, /):

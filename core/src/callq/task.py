@@ -36,6 +36,12 @@ class Task(Generic[P, R]):
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self._signature = inspect.signature(fn)
         self._required, self._allowed = _parameters(fn, self._signature)
+        kinds = {p.kind for p in self._signature.parameters.values()}
+        plain = self._allowed is not None and kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                         inspect.Parameter.KEYWORD_ONLY}
+        self._positional: tuple[str, ...] | None = tuple(
+            p.name for p in self._signature.parameters.values()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD) if plain else None
         self._consumer: Consumer | None = None
         self._consumer_lock = threading.Lock()
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
@@ -116,6 +122,9 @@ class Task(Generic[P, R]):
         return ids
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        fast = self._fast_bind(args, kwargs)
+        if fast is not None:
+            return fast
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -128,6 +137,21 @@ class Task(Generic[P, R]):
                 out[name] = value
         if META_KEY in out:
             raise TypeError(f"{self.name}: argument name {META_KEY!r} is reserved by callq")
+        return out
+
+    def _fast_bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """Bind without inspect for plain signatures; None means: let Signature.bind decide (and
+        word the error)."""
+        names = self._positional
+        if names is None or len(args) > len(names):
+            return None
+        out = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key in out or key not in self._allowed:  # type: ignore[operator]
+                return None
+            out[key] = value
+        if not self._required.issubset(out):
+            return None
         return out
 
     def _publish_many(self, calls: list[dict[str, Any]], meta: dict[str, Any] | None = None,
@@ -260,6 +284,8 @@ def _parameters(fn: Callable[..., Any], sig: inspect.Signature) -> tuple[frozens
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             allowed = None
             continue
+        if p.name == META_KEY:
+            raise ConfigError(f"{fn.__qualname__}: parameter name {META_KEY!r} is reserved by callq")
         if allowed is not None:
             allowed.add(p.name)
         if p.default is inspect.Parameter.empty:
