@@ -1,4 +1,5 @@
-"""Redis restarts mid-run: a Streams consumer logs a warning, reconnects, recreates its group, goes on.
+"""Redis restarts mid-run: consumers of every Redis broker (list modes and Streams) log a
+warning, reconnect (a Streams consumer recreates its group) and go on.
 
 Redis here keeps nothing on disk (``--save "" --appendonly no``), so messages in Redis at the
 restart are gone; the test asserts on what is published after the restart.
@@ -75,9 +76,13 @@ def prefix() -> Iterator[str]:
     client.close()
 
 
-def test_stream_consumer_survives_a_redis_restart(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("mode", ["reliable", "lmove", "fast", "stream"])
+def test_consumer_survives_a_redis_restart(prefix: str, mode: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="callq")
-    url = f"redis+stream://127.0.0.1:6379/0?lease=3&prefix={prefix}"
+    if mode == "stream":
+        url = f"redis+stream://127.0.0.1:6379/0?lease=3&prefix={prefix}"
+    else:
+        url = f"{REDIS}?mode={mode}&lease=3&prefix={prefix}"
     queue = fresh_queue_name()
     consumer, producer = Connection(url), Connection(url)
     seen: list[bytes] = []
