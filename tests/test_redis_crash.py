@@ -1,4 +1,4 @@
-"""kill -9 of real worker processes twice mid-run: nothing lost (reliable and lmove modes)."""
+"""kill -9 of real worker processes twice mid-run: nothing lost (reliable, lmove, Streams)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["reliable", "lmove"])
+@pytest.mark.parametrize("mode", ["reliable", "lmove", "stream"])
 def test_kill_9_twice_loses_nothing(prefix: str, mode: str, tmp_path: Path) -> None:
-    report = run_crash_test(f"{REDIS}?mode={mode}&lease=3&prefix={prefix}", calls=5000, kills=2,
+    url = (f"redis+stream://127.0.0.1:6379/0?lease=3&prefix={prefix}" if mode == "stream"
+           else f"{REDIS}?mode={mode}&lease=3&prefix={prefix}")
+    report = run_crash_test(url, calls=5000, kills=2,
                             workdir=tmp_path)
     print(f"redis {mode}: {report}")
     assert report.lost == 0, report
