@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from callq.testing.crash import run_crash_test
-
-REDIS = "redis://127.0.0.1:6379/0"
+from callq_redis.testing import REDIS, fresh_prefix
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    name = f"cqtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with fresh_prefix() as name:
+        yield name
 
 
 @pytest.mark.slow

@@ -11,17 +11,16 @@ import logging
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 from callq.broker import Connection
 from callq.testing import fresh_queue_name
+from callq_redis.testing import REDIS, fresh_prefix
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-REDIS = "redis://127.0.0.1:6379/0"
 START_REDIS = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
                "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
                "--logfile", "/var/log/redis/ci.log"]
@@ -66,14 +65,11 @@ def restart_redis() -> None:
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    name = f"cqtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    ensure_redis_running()
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    try:
+        with fresh_prefix() as name:
+            yield name
+    finally:
+        ensure_redis_running()
 
 
 @pytest.mark.parametrize("mode", ["reliable", "lmove", "fast", "stream"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -12,19 +11,13 @@ import redis
 from callq.broker import Connection
 from callq.errors import ConfigError
 from callq.testing import drain, fresh_queue_name
-
-REDIS = "redis://127.0.0.1:6379/0"
+from callq_redis.testing import REDIS, fresh_prefix
 
 
 @pytest.fixture
 def prefix() -> Iterator[str]:
-    name = f"cqtest-{uuid.uuid4().hex[:10]}"
-    yield name
-    client = redis.Redis.from_url(REDIS)
-    keys = list(client.scan_iter(match=f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with fresh_prefix() as name:
+        yield name
 
 
 @pytest.fixture
