@@ -23,9 +23,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import broker as _broker
 from . import runner as _runner
@@ -352,7 +352,7 @@ class ProcessGroup:
             log.info("worker process %s of %s finished", proc.pid, self.queue)
             self._finished[slot] = True
             return
-        if code == -signal.SIGKILL and self._hard_killed(slot):
+        if code == -getattr(signal, "SIGKILL", 9) and self._hard_killed(slot):
             self._restart_at[slot] = now
             return
         lived = now - self._started_at[slot]
