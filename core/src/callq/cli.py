@@ -127,11 +127,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.processes is None and (args.start_method or args.hard_timeout):
         raise UsageError("--start-method and --hard-timeout need --processes")
     groups = []
+    method = None
+    if args.processes is not None:
+        from .processes import resolve_start_method
+
+        method = resolve_start_method(args.start_method)  # once: the first group starts a thread
     for task in tasks:
         if args.processes is None:
             task.consume()
         else:
-            groups.append(task.consume(processes=args.processes, start_method=args.start_method,
+            groups.append(task.consume(processes=args.processes, start_method=method,
                                        hard_timeout=args.hard_timeout))
     wait()
     failed = [g.error for g in groups if g.error]
