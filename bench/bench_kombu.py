@@ -15,6 +15,7 @@ import uuid
 
 import kombu
 import redis
+
 from callq.broker import Connection
 
 BODY = b'{"i":1,"name":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","_callq":{"id":"0123456789abcdef"}}'

@@ -16,8 +16,9 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
-from callq.broker import Connection
 from paho.mqtt.enums import CallbackAPIVersion
+
+from callq.broker import Connection
 
 BODY = b'{"i":1,"name":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","_callq":{"id":"0123456789abcdef"}}'
 

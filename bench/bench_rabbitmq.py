@@ -20,6 +20,7 @@ import time
 import uuid
 
 import pika
+
 from callq.broker import Connection
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"

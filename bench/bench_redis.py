@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable
 
 import redis
+
 from callq.broker import Connection
 from callq.message import decode, encode, new_meta
 

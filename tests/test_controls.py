@@ -5,7 +5,6 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from callq.testing.crash import run_crash_test
 from callq_redis.testing import REDIS, fresh_prefix
 

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from callq.broker import Connection
 from callq.testing import fresh_queue_name
 from callq_redis.testing import REDIS, fresh_prefix
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 START_REDIS = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
                "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",

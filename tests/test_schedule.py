@@ -12,8 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import callq
 import pytest
+
+import callq
 from callq.broker import Capabilities, Connection
 from callq.brokers.memory import MemoryBroker
 from callq.errors import ConfigError

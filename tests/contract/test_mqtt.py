@@ -3,6 +3,7 @@
 import uuid
 
 import pytest
+
 from callq.testing import BrokerContract
 
 

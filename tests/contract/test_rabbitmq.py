@@ -1,6 +1,7 @@
 """The broker contract on a real RabbitMQ (127.0.0.1:5672, guest/guest)."""
 
 import pytest
+
 from callq.testing import BrokerContract
 
 # queue_expires: every queue these tests create deletes itself 10 minutes after its last use.

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from callq.testing import BrokerContract
 
 REDIS = "redis://127.0.0.1:6379/0"

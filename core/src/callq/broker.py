@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .state import StateStore
 from .plugins import CallqPluginManager, connection_plugin_manager, get_plugin_manager
+from .state import StateStore
 from .url import BrokerURL
 
 log = logging.getLogger("callq.broker")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Mapping
+from random import getrandbits as _getrandbits
+from typing import Any
 
 import orjson
-from random import getrandbits as _getrandbits
-from collections.abc import Mapping
-from typing import Any
 
 META_KEY = "_callq"
 
@@ -27,7 +27,7 @@ class MalformedMessage(ValueError):
 
 def new_id() -> str:
     """A random 128-bit hex id (``random`` is reseeded after fork, so processes never share ids)."""
-    return "%032x" % _getrandbits(128)
+    return f"{_getrandbits(128):032x}"
 
 
 def new_meta(*, eta: float | None = None, expires_at: float | None = None, msg_id: str | None = None) -> dict[str, Any]:

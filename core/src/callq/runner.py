@@ -21,12 +21,12 @@ import socket
 import threading
 import time
 import traceback
-from time import perf_counter
 from collections import deque
-
+from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-from typing import TYPE_CHECKING, Any, Callable
 
 from .broker import Connection, Delivery, connect
 from .errors import ConfigError, Reject, Requeue, Retry

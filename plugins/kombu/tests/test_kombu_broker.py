@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pika
 import pytest
 import redis
+
 from callq.broker import Connection
 from callq.errors import BrokerError, ConfigError
 from callq.testing import drain, fresh_queue_name

@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+
 from callq.broker import Connection
 from callq.errors import ConfigError
 from callq.testing import drain, fresh_queue_name

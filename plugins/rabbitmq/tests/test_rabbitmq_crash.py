@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pika
 import pytest
+
 from callq.testing import fresh_queue_name
 from callq.testing.crash import run_crash_test
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pika
 import pytest
+
 from callq.broker import Connection
 from callq.testing import drain, fresh_queue_name
 

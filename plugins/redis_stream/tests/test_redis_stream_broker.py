@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+
 from callq.broker import Connection
 from callq.errors import ConfigError
 from callq.testing import drain, fresh_queue_name

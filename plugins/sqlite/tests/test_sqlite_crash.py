@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from callq.testing.crash import run_crash_test
 
 

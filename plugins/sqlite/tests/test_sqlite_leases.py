@@ -142,6 +142,7 @@ def test_fetch_wakes_for_a_delayed_message_when_due(open_conn) -> None:
 
 def test_operations_after_close_fail_clearly(open_conn) -> None:
     import pytest
+
     from callq.errors import BrokerError
 
     a = open_conn()

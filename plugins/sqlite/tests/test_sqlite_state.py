@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from callq.broker import Connection
 from callq_sqlite.broker import _SCHEMA, SCHEMA_VERSION, TABLE
 from callq_sqlite.state import STATE_TABLE, prefix_end

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from callq.broker import Connection
 from callq.errors import ConfigError
 from callq.url import BrokerURL

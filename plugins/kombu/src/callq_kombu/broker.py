@@ -16,7 +16,6 @@ does, not what AMQP would do.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import kombu
+
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
@@ -261,7 +261,7 @@ class KombuBroker(BrokerBase):
                     return []
                 try:
                     c.conn.drain_events(timeout=min(SLICE, remaining))
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 except Exception as exc:  # noqa: BLE001
                     c.dead = True

@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
-from paho.mqtt.enums import CallbackAPIVersion
 
 log = logging.getLogger("callq.mqtt")
 

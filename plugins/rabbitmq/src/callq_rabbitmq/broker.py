@@ -41,6 +41,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL

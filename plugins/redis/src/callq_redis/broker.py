@@ -28,17 +28,17 @@ from functools import partial
 from typing import TypeVar
 
 import redis
-from callq.broker import BrokerBase, Capabilities, Delivery
-from callq.errors import BrokerError, ConfigError
-from callq.url import BrokerURL
-
-from .state import RedisState
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.errors import BrokerError, ConfigError
+from callq.url import BrokerURL
+
 from . import _lua
+from .state import RedisState
 
 log = logging.getLogger("callq.redis")
 

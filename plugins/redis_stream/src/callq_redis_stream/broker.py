@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
+
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
 from callq_redis.broker import RetryingClient, redis_client
 from callq_redis.state import RedisState
-from redis.exceptions import ResponseError
 
 log = logging.getLogger("callq.redis_stream")
 
