@@ -5,6 +5,7 @@ from .errors import BrokerError, BrokerNotFound, CallqError, ConfigError, Reject
 from .hookspecs import hookimpl
 from .options import TaskOptions
 from .plugins import get_plugin_manager, register, unregister
+from .processes import ProcessGroup
 from .runner import CallContext, Consumer, Stats, current, running_consumers, stop_all, wait
 from .schedule import Scheduler, at, cron, crontab, every
 from .state import StateStore
@@ -16,6 +17,6 @@ __all__ = [
     "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
     "ConfigError", "Connection", "Consumer", "Delivery", "Reject", "Requeue", "Retry", "Stats",
     "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
-    "Scheduler", "StateStore", "at", "cron", "crontab", "every", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
+    "ProcessGroup", "Scheduler", "StateStore", "at", "cron", "crontab", "every", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
     "unregister", "wait",
 ]

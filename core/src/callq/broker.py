@@ -172,6 +172,14 @@ _connections: dict[tuple[int, str], Connection] = {}
 _connections_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _connections_lock
+    _connections_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def resolve_url(url: str | None) -> str:
     """The URL to use: the argument, else ``CALLQ_BROKER_URL``, else the embedded default."""
     return url or os.environ.get("CALLQ_BROKER_URL") or default_broker_url()

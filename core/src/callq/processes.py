@@ -202,7 +202,7 @@ class ProcessGroup:
         self._restart_at: list[float | None] = [None] * processes
         self._finished = [False] * processes
         self._lock = threading.Lock()
-        self._stopping = threading.Event()  # name shared with Consumer: runner's signal handler reads it
+        self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._stop_deadline: float | None = None
         self._killed: set[int | None] = set()
@@ -240,13 +240,17 @@ class ProcessGroup:
         with self._lock:
             for slot in range(self.processes):
                 self._spawn(slot)
-        _register(self)
+        _runner.register_running(self)
         self._supervisor = threading.Thread(target=self._supervise, name=f"callq-{self.queue}-supervisor",
                                             daemon=True)
         self._supervisor.start()
         log.info("started %d worker process(es) for %s (%s): pids %s", self.processes, self.queue,
                  self.start_method, ", ".join(map(str, self.pids)))
         return self
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def stop(self) -> None:
         """Stop gracefully: each child stops fetching, finishes its running calls, puts the
@@ -394,7 +398,7 @@ class ProcessGroup:
     def _finish(self) -> None:
         self._stopping.set()
         self._stopped.set()
-        _unregister(self)
+        _runner.unregister_running(self)
         log.info("worker processes of %s stopped (%d restart(s))", self.queue, self.restarts)
 
 
@@ -425,29 +429,6 @@ def _is_async(task: Task[Any, Any]) -> bool:
     return inspect.iscoroutinefunction(task.fn)
 
 
-# --- the parent's registration, so that callq.wait() blocks while the group runs ----------------
-
-def _register(group: ProcessGroup) -> None:
-    # The runner keeps its running consumers in a set; a group takes part through the same
-    # interface its signal handler and wait() use (stop() and a _stopping event).
-    lock = getattr(_runner, "_running_lock", None)
-    running = getattr(_runner, "_running", None)
-    if lock is None or running is None:
-        return
-    with lock:
-        running.add(group)
-
-
-def _unregister(group: ProcessGroup) -> None:
-    lock = getattr(_runner, "_running_lock", None)
-    running = getattr(_runner, "_running", None)
-    if lock is None or running is None:
-        return
-    with lock:
-        running.discard(group)
-        lock.notify_all()
-
-
 @contextlib.contextmanager
 def _fork_guard(method: str) -> Iterator[None]:
     """Under fork, hold callq's own locks so no other thread holds them at the moment of fork."""
@@ -464,23 +445,13 @@ def _fork_guard(method: str) -> Iterator[None]:
 
 # --- the child ---------------------------------------------------------------------------------
 
-def _reset_inherited_state() -> None:
-    """After fork: fresh locks and no consumers of the parent (their threads did not survive)."""
-    if hasattr(_runner, "_running_lock"):
-        _runner._running_lock = threading.Condition()
-        _runner._running = set()
-    if hasattr(_broker, "_connections_lock"):
-        _broker._connections_lock = threading.Lock()
-
-
 def _child_main(spec: _ChildSpec, oldest: Synchronized[float] | None) -> None:
     from .task import Task
 
     # the parent forwards SIGTERM; a terminal's Ctrl-C reaches the whole process group, so the
     # child ignores SIGINT (two signals would mean "stop at once" to the runner)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if spec.task is not None:
-        _reset_inherited_state()
+    if spec.task is not None:  # forked: the at-fork hooks of runner and broker reset their state
         fn = spec.task.fn
     else:
         if spec.log_level is not None and not logging.getLogger().handlers:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from .broker import Connection, Delivery, connect
@@ -188,8 +188,7 @@ class Consumer:
     def start(self) -> Consumer:
         self._started_at = time.monotonic()
         self._refresh_shared()  # a paused queue must not deliver even one message
-        with _running_lock:
-            _running.add(self)
+        register_running(self)
         self._hook.callq_consumer_started(consumer=self)
         loops = [(self._dispatch_loop, "dispatch"), (self._ack_loop, "ack"), (self._monitor_loop, "monitor")]
         if self.options.timeout and not self.is_async:
@@ -215,6 +214,10 @@ class Consumer:
     @property
     def running(self) -> bool:
         return self._started_at > 0 and not self._stopped.is_set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def stats(self) -> Stats:
         c = self._counts
@@ -830,9 +833,7 @@ class Consumer:
         try:
             self._hook.callq_consumer_stopped(consumer=self)
         finally:
-            with _running_lock:
-                _running.discard(self)
-                _running_lock.notify_all()
+            unregister_running(self)
             s = self.stats()
             log.info("stopped %s: %d done, %d retried, %d dead-lettered in %.1fs",
                      self.queue, s.done, s.retried, s.dead, s.elapsed)
@@ -904,21 +905,69 @@ def install_signal_handlers() -> None:
         if current in (signal.SIG_DFL, signal.default_int_handler, None):
             _previous_handlers[sig] = current
             signal.signal(sig, _on_signal)
+    threading.Thread(target=_signal_watcher, name="callq-signals", daemon=True).start()
     _signals_installed = True
 
 
+_signal_count = 0
+_signals_handled = 0
+
+
 def _on_signal(signum: int, frame: Any) -> None:
-    with _running_lock:
-        consumers = list(_running)
-    if not consumers or all(c._stopping.is_set() for c in consumers):
-        # second signal: give up on graceful stop
+    # Runs between bytecodes of the main thread: take no lock here (the interrupted code, or
+    # the first signal's handler, may hold it); the watcher thread does the stopping.
+    global _signal_count
+    if not _running or _signal_count >= 1:
         prev = _previous_handlers.get(signum, signal.SIG_DFL)
         if callable(prev):
             prev(signum, frame)
         raise SystemExit(128 + signum)
-    log.info("signal %d: stopping %d consumer(s) gracefully", signum, len(consumers))
-    for c in consumers:
-        c.stop()
+    _signal_count += 1
+
+
+def _signal_watcher() -> None:
+    global _signals_handled
+    while True:
+        time.sleep(0.05)
+        if _signal_count > _signals_handled:
+            _signals_handled = _signal_count
+            consumers = running_consumers()
+            log.info("signal: stopping %d consumer(s) gracefully (again to exit at once)", len(consumers))
+            for c in consumers:
+                c.stop()
+
+
+class Stoppable(Protocol):
+    """What :func:`wait` and the signal handlers need of something running (a Consumer, a ProcessGroup)."""
+
+    def stop(self) -> None: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+
+def register_running(obj: Stoppable) -> None:
+    """Make ``wait()`` block while ``obj`` runs, and SIGINT/SIGTERM stop it."""
+    with _running_lock:
+        _running.add(obj)  # type: ignore[arg-type]
+
+
+def unregister_running(obj: Stoppable) -> None:
+    with _running_lock:
+        _running.discard(obj)  # type: ignore[arg-type]
+        _running_lock.notify_all()
+
+
+def _after_fork_in_child() -> None:
+    """The parent's consumers did not survive fork (only the forking thread does)."""
+    global _running_lock, _running, _signal_count, _signals_handled, _signals_installed
+    _running_lock = threading.Condition()
+    _running = set()
+    _signal_count = _signals_handled = 0
+    _signals_installed = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def running_consumers() -> list[Consumer]:
