@@ -1,31 +1,17 @@
 """The broker contract for the three Redis list modes, each on its own key prefix."""
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from callq.testing import BrokerContract
-
-REDIS = "redis://127.0.0.1:6379/0"
-
-
-def _delete_prefix(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+from callq_redis.testing import REDIS, fresh_prefix
 
 
 @pytest.fixture(scope="class")
 def redis_prefix() -> Iterator[str]:
-    prefix = f"cqtest-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    _delete_prefix(prefix)
+    with fresh_prefix() as prefix:
+        yield prefix
 
 
 class TestRedisReliableContract(BrokerContract):

@@ -38,7 +38,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
-from .state import RedisState
+from .state import SharedStateMixin
 
 log = logging.getLogger("callq.redis")
 
@@ -123,7 +123,7 @@ class RetryingClient:
             return result
 
 
-class RedisBroker(BrokerBase):
+class RedisBroker(SharedStateMixin, BrokerBase):
     """Queues on Redis lists; see the module docstring and docs/brokers/redis.md."""
 
     def __init__(self, url: BrokerURL) -> None:
@@ -175,7 +175,6 @@ class RedisBroker(BrokerBase):
         self._suspect = False  # a claim failed in transit: look for orphans
         self._registered = False  # fetched at least once: heartbeats keep us alive
         self._closed = False
-        self._state: RedisState | None = None
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -409,11 +408,6 @@ class RedisBroker(BrokerBase):
 
     def callq_purge(self, queue: str) -> int:
         return int(self.rc.call("purge", lambda: self._purge(args=[self.prefix, queue])))
-
-    def callq_state_store(self) -> RedisState:
-        if self._state is None:
-            self._state = RedisState(self.client, self.rc, self.prefix)
-        return self._state
 
     def callq_close(self) -> bool:
         if self._closed:

@@ -61,3 +61,17 @@ class RedisState:
             return {k.decode()[cut:]: v.decode() for k, v in zip(keys, values) if v is not None}
 
         return self.rc.call("state scan", run)
+
+
+class SharedStateMixin:
+    """``callq_state_store`` for a broker with ``client``, ``rc`` and ``prefix`` attributes."""
+
+    client: redis.Redis
+    rc: RetryingClient
+    prefix: str
+    _state: RedisState | None = None
+
+    def callq_state_store(self) -> RedisState:
+        if self._state is None:
+            self._state = RedisState(self.client, self.rc, self.prefix)
+        return self._state

@@ -30,7 +30,7 @@ from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
 from callq_redis.broker import RetryingClient, redis_client
-from callq_redis.state import RedisState
+from callq_redis.state import SharedStateMixin
 
 log = logging.getLogger("callq.redis_stream")
 
@@ -152,7 +152,7 @@ return n
 """
 
 
-class RedisStreamBroker(BrokerBase):
+class RedisStreamBroker(SharedStateMixin, BrokerBase):
     """Queues on Redis Streams; see the module docstring and docs/brokers/redis_stream.md."""
 
     def __init__(self, url: BrokerURL) -> None:
@@ -203,7 +203,6 @@ class RedisStreamBroker(BrokerBase):
         self._next_maintenance = 0.0
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY
         self._closed = False
-        self._state: RedisState | None = None
 
     def _key(self, queue: str) -> str:
         return f"{self.prefix}:s:{queue}"
@@ -387,11 +386,6 @@ class RedisStreamBroker(BrokerBase):
 
     def callq_purge(self, queue: str) -> int:
         return int(self.rc.call("purge", lambda: self._purge(args=[self._key(queue), self.group])))
-
-    def callq_state_store(self) -> RedisState:
-        if self._state is None:
-            self._state = RedisState(self.client, self.rc, self.prefix)
-        return self._state
 
     def callq_close(self) -> bool:
         if self._closed:
