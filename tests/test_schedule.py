@@ -21,6 +21,7 @@ from callq.errors import ConfigError
 from callq.message import decode
 from callq.schedule import KEY_PREFIX, Scheduler, at, cron, crontab, every, tick_key
 from callq.testing import drain, fresh_queue_name
+from callq_redis.testing import fresh_prefix
 
 UTC = dt.timezone.utc
 
@@ -275,8 +276,16 @@ print(json.dumps({"published": c.published, "taken_elsewhere": c.taken_elsewhere
 """
 
 
-def test_schedulers_in_several_processes_publish_each_tick_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/sched.db"
+@pytest.mark.parametrize("broker", ["sqlite", "redis"])
+def test_schedulers_in_several_processes_publish_each_tick_once(tmp_path: Path, broker: str) -> None:
+    if broker == "redis":
+        with fresh_prefix() as prefix:
+            _several_processes(f"redis://127.0.0.1:6379/0?prefix={prefix}")
+    else:
+        _several_processes(f"sqlite:///{tmp_path}/sched.db")
+
+
+def _several_processes(url: str) -> None:
     queue = fresh_queue_name("sched")
     start = math.ceil(time.time() + 2.0) + 0.5  # between ticks, after the interpreters are up
     procs = [subprocess.Popen([sys.executable, "-c", _SCHEDULER_PROCESS, url, queue, str(start), "5"],
