@@ -327,3 +327,21 @@ def test_distributed_qps_holds_the_total_across_processes(tmp_path):
     rate = len(window) / 8.0
     print(f"distributed qps: target {qps}, measured {rate:.2f} over 8 s")
     assert abs(rate - qps) / qps <= 0.02 + 1.0 / (qps * 8), rate
+
+
+def test_rate_and_time_to_drain_are_logged(url, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="callq.worker")
+
+    @callq.task(q(), broker=url, qps=40, rate_log_interval=1.0, stop_when_idle=0.5)
+    def f(i):
+        pass
+
+    f.push_many((i,) for i in range(120))
+    finish(f)
+    lines = [r.getMessage() for r in caplog.records if "calls/min" in r.getMessage()]
+    assert any("waiting, about" in line and "to drain" in line for line in lines), lines
+    # 40 calls/s is 2400 calls/min; the first full window must show about that
+    rates = [float(line.split(": ")[1].split(" calls/min")[0]) for line in lines]
+    assert any(2000 <= r <= 2800 for r in rates), rates
