@@ -12,6 +12,7 @@ import pytest
 
 import callq
 from callq.options import in_blackout
+from callq_redis.testing import fresh_prefix
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -345,3 +346,57 @@ def test_rate_and_time_to_drain_are_logged(url, caplog):
     # 40 calls/s is 2400 calls/min; the first full window must show about that
     rates = [float(line.split(": ")[1].split(" calls/min")[0]) for line in lines]
     assert any(2000 <= r <= 2800 for r in rates), rates
+
+
+HOLDING_WORKER = textwrap.dedent("""
+    import os, sys, time
+    import callq
+    url, queue, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+    @callq.task(queue, broker=url)
+    def later(tag):
+        os.write(fd, f"{tag} {time.time()}\\n".encode())
+
+    later.consume()
+    print("ready", flush=True)
+    callq.wait()
+""")
+
+
+def test_delay_without_native_support_survives_kill_9(tmp_path):
+    """Redis Streams has no native delay: the worker holds the message unacked, without a
+    thread; killed with -9 while holding it, the message comes back and runs when due."""
+    import signal
+
+    with fresh_prefix() as prefix:
+        url = f"redis+stream://127.0.0.1:6379/0?lease=2&prefix={prefix}"
+        queue = q()
+        out = tmp_path / "ran.txt"
+
+        @callq.task(queue, broker=url)
+        def later(tag):
+            pass
+
+        assert not later.connection.capabilities.native_delay
+        due = time.time() + 6
+        later.publish({"tag": "x"}, eta=due)
+        first = subprocess.Popen([sys.executable, "-c", HOLDING_WORKER, url, queue, str(out)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert first.stdout.readline().strip() == "ready"
+        time.sleep(2.0)  # fetched and held by now
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert out.read_text() == "", "ran before it was due"
+        second = subprocess.Popen([sys.executable, "-c", HOLDING_WORKER, url, queue, str(out)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while not out.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert out.read_text(), "the held message was lost with its worker"
+            tag, ran_at = out.read_text().split()
+            assert tag == "x" and float(ran_at) >= due - 0.05
+        finally:
+            second.terminate()
+            second.wait(30)
