@@ -32,11 +32,14 @@ from callq.broker import Connection
 url, queue, out, stop = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 conn = Connection(url)
 fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+conn.size(queue)
+print("ready", flush=True)
 while True:
     got = conn.fetch(queue, 20, 0.2)
     if got:
         os.write(fd, b"".join(d.body + b"\n" for d in got))  # recorded, then acked
         conn.ack(got)
+        time.sleep(0.005)  # work takes time: no one process can take the whole queue
     elif os.path.exists(stop):
         break
 conn.close()
@@ -85,6 +88,8 @@ def test_processes_share_one_file_without_loss_or_duplicates(db_url: str, tmp_pa
     stop = tmp_path / "stop"
     outs = [tmp_path / f"consumer-{c}.out" for c in range(n_cons)]
     consumers = [_spawn(_CONSUME, db_url, "shared", out, stop) for out in outs]
+    for c in consumers:  # all polling before anything is published, so each can take a share
+        assert c.stdout.readline().strip() == "ready"
     producers = [_spawn(_PUBLISH, db_url, "shared", f"p{p}", per) for p in range(n_prod)]
     try:
         for p in producers:
