@@ -92,6 +92,12 @@ class RetryingClient:
         self.closed = False
         self.failures = 0  # transient failures seen (tests and logs)
 
+    def close(self) -> None:
+        """Stop retrying and drop every connection to Redis."""
+        self.closed = True
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
     def call(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
         try:
             return fn()
@@ -423,9 +429,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked messages on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
-            self.rc.closed = True
-            self.client.close()
-            self.client.connection_pool.disconnect()
+            self.rc.close()
         return True
 
     def __repr__(self) -> str:

@@ -403,9 +403,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked entries on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
-            self.rc.closed = True
-            self.client.close()
-            self.client.connection_pool.disconnect()
+            self.rc.close()
         return True
 
     def __repr__(self) -> str:
