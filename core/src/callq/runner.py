@@ -158,7 +158,6 @@ class Consumer:
         self._acker_idle = False
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._counts = dict.fromkeys(("received", "failed", "retried", "requeued", "dead", "malformed",
                                       "expired", "skipped", "timed_out"), 0)
         self._done = itertools.count()  # next() is atomic: the hot path takes no lock
@@ -194,9 +193,7 @@ class Consumer:
         if self.options.timeout and not self.is_async:
             loops.append((self._watchdog_loop, "watchdog"))
         for target, name in loops:
-            t = threading.Thread(target=target, name=f"callq-{self.queue}-{name}", daemon=name != "dispatch")
-            t.start()
-            self._threads.append(t)
+            threading.Thread(target=target, name=f"callq-{self.queue}-{name}", daemon=name != "dispatch").start()
         log.info("consuming %s from %s (concurrency %d%s)", self.queue, self.conn.url,
                  self.options.concurrency, f", qps {self.options.qps}" if self.options.qps else "")
         return self
