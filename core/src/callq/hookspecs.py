@@ -16,13 +16,16 @@ Every broker hook may be called from several threads at once; a broker is thread
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
     from .broker import BrokerBase, Capabilities, Delivery
-    from .runner import CallContext, Consumer
+    from .consumer import Consumer
+    from .context import CallContext
+    from .controls import Control
     from .state import StateStore
     from .url import BrokerURL
 
@@ -112,18 +115,41 @@ def callq_before_publish(queue: str, messages: list[dict[str, Any]]) -> None:
 
 
 @hookspec
+def callq_after_publish(queue: str, ids: list[str], messages: list[dict[str, Any]]) -> None:
+    """``messages`` were stored on ``queue``; ``ids`` are their message ids, in order."""
+
+
+@hookspec
+def callq_controls() -> list[type[Control]]:
+    """Return control classes (see :mod:`callq.controls`) to add to every consumer."""
+
+
+@hookspec
 def callq_before_call(call: CallContext) -> None:
-    """A call is about to run in a worker."""
+    """A call is about to run, in the thread (or asyncio task) that runs it."""
+
+
+@hookspec
+def callq_call_scope(call: CallContext) -> AbstractContextManager[Any] | None:
+    """Return a context manager entered right before the function runs and left right after,
+    in the thread or asyncio task that runs it (tracing spans, context variables), or None.
+    """
 
 
 @hookspec
 def callq_after_call(call: CallContext) -> None:
-    """A call finished; ``call.outcome`` is one of done/retry/requeue/dead/expired/skipped."""
+    """A message reached an outcome; called once per outcome, for every message a consumer got.
+
+    ``call.outcome``: ``done``, ``retry`` (another attempt was published), ``requeue``,
+    ``dead`` (dead-lettered), ``expired`` (expired or misfired), ``skipped`` (dedup) or
+    ``malformed`` (undecodable; dead-lettered with its raw body). ``call.result`` /
+    ``call.error`` / ``call.traceback`` tell the rest; ``call.stash`` holds plugins' data.
+    """
 
 
 @hookspec
 def callq_consumer_started(consumer: Consumer) -> None:
-    """A consumer started fetching from its queue."""
+    """A consumer started fetching from its queue (raising here stops it from starting)."""
 
 
 @hookspec

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, fields
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
@@ -42,6 +44,13 @@ class TaskOptions:
     state: broker URL whose shared store holds dedup keys, pause flags and consumer counts
         (default: the task's broker).
     rate_log_interval: seconds between the log lines with rate and time to drain the queue.
+    results: where return values are kept for ``push(...).result()``: ``None`` (default) keeps
+        them in the broker's shared store when it has one, else results are off; ``False``
+        turns them off; ``True`` requires the broker's store; a URL picks a result store
+        (``redis://...``, ``sqlite:///...``, ``postgresql://...``, ``memory://``).
+    result_ttl: seconds a result is kept.
+    controls: options of controls added by plugins, by control name, e.g.
+        ``{"circuit_breaker": {"failures": 5}}``; unknown names or options are an error.
     """
 
     queue: str
@@ -68,6 +77,9 @@ class TaskOptions:
     mode: Literal["threads", "asyncio", "gevent", "eventlet"] = "threads"
     state: str | None = None
     rate_log_interval: float = 60.0
+    results: bool | str | None = None
+    result_ttl: float = 3600.0
+    controls: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue.strip():
@@ -111,6 +123,17 @@ class TaskOptions:
                 ZoneInfo(self.timezone)
             except (ZoneInfoNotFoundError, ValueError) as exc:
                 raise ConfigError(f"timezone {self.timezone!r} is unknown ({exc})") from None
+        if self.results is not None and not isinstance(self.results, bool) and (
+            not isinstance(self.results, str) or "://" not in self.results
+        ):
+            raise ConfigError(f"results must be True, False, None or a store URL, got {self.results!r}")
+        _num(self, "result_ttl", minimum=0.0, exclusive=True)
+        if not isinstance(self.controls, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, Mapping) for k, v in self.controls.items()
+        ):
+            raise ConfigError("controls must map control names to dicts of their options, "
+                              f"e.g. {{'circuit_breaker': {{'failures': 5}}}}; got {self.controls!r}")
+        object.__setattr__(self, "controls", MappingProxyType({k: dict(v) for k, v in self.controls.items()}))
         if self.dead_letter_queue == self.queue:
             raise ConfigError("dead_letter_queue must differ from queue")
 

@@ -311,23 +311,6 @@ def _due(countdown: float | None, eta: dt.datetime | float | None) -> float | No
     return float(eta)
 
 
-@overload
-def task(queue: str, *, broker: str | None = None, concurrency: int = 32, qps: float | None = None,
-         max_retries: int = 3, retry_backoff: float = 1.0, retry_backoff_max: float = 300.0,
-         dead_letter_queue: str | None = None, prefetch_buffer: int | None = None,
-         keepalive: float = 10.0, stop_when_idle: float | None = None,
-         shutdown_timeout: float = 30.0, timeout: float | None = None, expires: float | None = None,
-         expired_to_dlq: bool = False, misfire_grace: float | None = None, dedup: bool = False,
-         dedup_ttl: float | None = None, distributed_qps: bool = False,
-         blackout: Sequence[tuple[str, str]] = (), timezone: str | None = None,
-         mode: Literal["threads", "asyncio", "gevent", "eventlet"] = "threads", state: str | None = None,
-         rate_log_interval: float = 60.0) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
-@overload
-def task(queue: TaskOptions) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
 def task(
     queue: str | TaskOptions,
     *,
@@ -354,24 +337,23 @@ def task(
     mode: Literal["threads", "asyncio", "gevent", "eventlet"] = "threads",
     state: str | None = None,
     rate_log_interval: float = 60.0,
+    results: bool | str | None = None,
+    result_ttl: float = 3600.0,
+    controls: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]:
     """Decorate a plain function to run it through ``queue``.
 
-    The parameters are those of :class:`callq.TaskOptions` (see there); pass a ready
-    ``TaskOptions`` instead of the queue name to share one set of options.
+    The parameters are the fields of :class:`callq.TaskOptions` (see there for each); pass a
+    ready ``TaskOptions`` instead of the queue name to share one set of options.
     """
     if isinstance(queue, TaskOptions):
         options = queue
     else:
-        options = TaskOptions(
-            queue=queue, broker=broker, concurrency=concurrency, qps=qps, max_retries=max_retries,
-            retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max,
-            dead_letter_queue=dead_letter_queue, prefetch_buffer=prefetch_buffer, keepalive=keepalive,
-            stop_when_idle=stop_when_idle, shutdown_timeout=shutdown_timeout, timeout=timeout,
-            expires=expires, expired_to_dlq=expired_to_dlq, misfire_grace=misfire_grace, dedup=dedup,
-            dedup_ttl=dedup_ttl, distributed_qps=distributed_qps, blackout=tuple(blackout),
-            timezone=timezone, mode=mode, state=state, rate_log_interval=rate_log_interval,
-        )
+        given = locals()
+        values = {name: given[name] for name in TaskOptions.names()}
+        values["blackout"] = tuple(blackout)
+        values["controls"] = controls or {}
+        options = TaskOptions(**values)
 
     def decorate(fn: Callable[P, R]) -> Task[P, R]:
         if not callable(fn):
