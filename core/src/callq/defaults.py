@@ -1,0 +1,31 @@
+"""Core's own plugins, registered the same way a third party's are."""
+
+from __future__ import annotations
+
+from .controls import Control
+from .controls.blackout import Blackout
+from .controls.dedup import Dedup
+from .controls.delay import Delay
+from .controls.expiry import Expiry
+from .controls.idle import StopWhenIdle
+from .controls.pause import Pause
+from .controls.rate import Rate
+from .controls.ratelog import RateLog
+from .controls.retry import RetryPolicy
+from .controls.timeout import Timeout
+from .hookspecs import hookimpl
+
+BUILTIN_CONTROLS: list[type[Control]] = [
+    Expiry, Dedup, Blackout, Pause, Delay, Rate, Timeout, RetryPolicy, StopWhenIdle, RateLog,
+]
+
+
+class CoreControls:
+    """Registers the built-in controls."""
+
+    @hookimpl
+    def callq_controls(self) -> list[type[Control]]:
+        return list(BUILTIN_CONTROLS)
+
+
+DEFAULT_PLUGINS = {"callq.default.controls": CoreControls}
