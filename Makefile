@@ -14,7 +14,7 @@ $(PY):
 venv: $(PY)
 
 demo: $(PY)
-	$(PY) -m pip install -q -e "core[rich]" -e plugins/sqlite
+	$(PY) -m pip install -q -e "core[rich]"
 	$(PY) examples/quickstart.py
 
 install-all: $(PY)

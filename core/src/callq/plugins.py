@@ -29,7 +29,7 @@ PLUGIN_GROUP = "callq"
 # Schemes of the brokers this project ships, and the distribution to install for each.
 KNOWN_DISTRIBUTIONS = {
     "memory": "callq",
-    "sqlite": "callq-sqlite",
+    "sqlite": "callq",
     "redis": "callq-redis",
     "rediss": "callq-redis",
     "redis+stream": "callq-redis-stream",
