@@ -1,6 +1,7 @@
 """callq's sqlite broker against raw sqlite3 doing the same work on the same machine.
 
     .venv/bin/python bench/bench_sqlite.py [--single 5000] [--batched 100000] [--batch 1000] [--fetch 100]
+                                           [--rounds 3] [--json]
 
 Rows: publish one by one (a commit each), batched publish (``--batch`` bodies per call,
 one transaction), consume (fetch ``--fetch`` + ack them). The raw baseline is the least
@@ -8,6 +9,7 @@ a queue on sqlite must do: INSERT + commit per message; executemany in one trans
 SELECT a batch + DELETE it + commit. Both use WAL and synchronous=NORMAL on a fresh file.
 A last row compares consume with the SQL callq's sqlite broker itself runs (claim the batch with a
 lease and commit, then delete it on ack), run straight on sqlite3.
+``--json`` also prints the rows for bench/run_all.py (bench ``sqlite``).
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="bodies per batched publish")
     parser.add_argument("--fetch", type=int, default=100, help="messages per fetch (and ack)")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many rounds")
+    parser.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     args = parser.parse_args()
 
     single = [body(i) for i in range(args.single)]
@@ -175,6 +178,12 @@ def main() -> None:
     ours, raw = best["callq", "consume (fetch+ack)"], best["raw", "lease SQL"]
     print(f"{'consume vs lease SQL':24}{ours:14,.0f}{raw:14,.0f}{ours / raw:8.0%}"
           "   (raw = the broker's own claim+delete SQL: what at-least-once costs in sqlite)")
+    if args.json:
+        rows = [{"bench": "sqlite", "case": f"conn {row}", "callq": best["callq", row], "raw": best["raw", row],
+                 "unit": "calls/s"} for row in ("publish one by one", "publish batched", "consume (fetch+ack)")]
+        rows.append({"bench": "sqlite", "case": "conn consume vs lease SQL", "callq": ours, "raw": raw,
+                     "unit": "calls/s"})
+        print("CALLQ_BENCH_JSON " + json.dumps(rows), flush=True)
 
 
 if __name__ == "__main__":
