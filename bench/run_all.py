@@ -146,7 +146,9 @@ def run_one(name: str, script: Path, timeout: float, cwd: Path) -> Result:
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def table_rows(results: list[Result]) -> list[tuple[list[str], bool]]:

@@ -100,6 +100,9 @@ class SqliteBroker(BrokerBase):
         except OSError as exc:
             raise ConfigError(f"broker URL {url}: cannot create directory {directory}: {exc}") from None
         self._pool = ConnectionPool(self.path, self.busy_timeout, self.synchronous, self._after_fork)
+        # borrow and return a connection (also used by SqliteState); bound once, for speed
+        self._checkout = self._pool.checkout
+        self._checkin = self._pool.checkin
         db = self._checkout()
         try:
             sql.create_schema(db, self.path)
@@ -113,12 +116,6 @@ class SqliteBroker(BrokerBase):
         return f"SqliteBroker({self.path!r})"
 
     # --- connections ------------------------------------------------------------------------
-
-    def _checkout(self) -> sqlite3.Connection:
-        return self._pool.checkout()
-
-    def _checkin(self, db: sqlite3.Connection) -> None:
-        self._pool.checkin(db)
 
     def _after_fork(self) -> None:
         # In a forked child: the parent's leases are not ours, and its threads may have

@@ -108,7 +108,7 @@ class ConnectionPool:
     def checkout(self) -> sqlite3.Connection:
         if self.closed:
             raise BrokerError(f"sqlite broker {self.path} is closed")
-        if self.forked:
+        if self._fork_generation != _fork_generation:  # self.forked, inlined: hot path
             # Locks may have been held by a parent's thread; the parent's state is not ours.
             self._lock = threading.Lock()
             self._idle = []
