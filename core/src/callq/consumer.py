@@ -8,7 +8,6 @@ and the pool's workers.
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import itertools
 import logging
@@ -24,6 +23,7 @@ from .calls import CallRunner
 from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
+from .held import HeldCalls
 from .lifecycle import register_running, report_crash, unregister_running
 from .message import MalformedMessage, decode
 from .pool import AsyncioPool, ElasticPool
@@ -37,7 +37,6 @@ log = logging.getLogger("callq.worker")
 
 FETCH_TIMEOUT = 1.0
 MONITOR_STEP = 0.5
-MAX_HELD = 1000  # held calls beyond this go back to the queue, latest due first
 COUNTERS = ("received", "failed", "retried", "requeued", "dead", "malformed", "expired", "skipped", "timed_out")
 
 
@@ -85,8 +84,7 @@ class Consumer(CallRunner):
         self.host = HOST
         self._lock = threading.Condition()
         self._unacked = 0
-        self._held: list[tuple[float, int, CallContext]] = []
-        self._held_seq = itertools.count()
+        self._held = HeldCalls()
         self._dispatcher_waiting = False
         self._refill_at = max(1, self.limit // 2)
         self._stopping = threading.Event()
@@ -313,35 +311,26 @@ class Consumer(CallRunner):
     # --- held calls (due later, on brokers without native delay) -------------------------------
 
     def _hold(self, call: CallContext, until: float) -> None:
-        due = time.monotonic() + max(0.0, until - time.time())
-        spill = None
         with self._lock:
-            heapq.heappush(self._held, (due, next(self._held_seq), call))
-            if len(self._held) > MAX_HELD:
-                latest = max(range(len(self._held)), key=lambda i: self._held[i][0])
-                spill = self._held.pop(latest)[2]
-                heapq.heapify(self._held)
+            spilled = self._held.hold(call, until)
             self._lock.notify_all()
-        if spill is not None:
-            self.settler.requeue([spill.delivery], max(0.0, spill.meta.get("eta", 0) - time.time()))
+        if spilled is not None:
+            self.settler.requeue([spilled.delivery], max(0.0, spilled.meta.get("eta", 0) - time.time()))
 
     def _wait_step(self) -> float:
         """How long the dispatcher may block: short while the pool has waiting work to watch."""
         if self.pool.pending > self.pool.idle:
             return self.pool.grow_after
-        held = self._held
-        if not held:
+        due_in = self._held.next_in()
+        if due_in is None:
             return self.fetch_timeout
-        return max(0.0, min(self.fetch_timeout, held[0][0] - time.monotonic()))
+        return max(0.0, min(self.fetch_timeout, due_in))
 
     def _release_due(self) -> None:
         if not self._held:
             return
-        due: list[CallContext] = []
         with self._lock:
-            now = time.monotonic()
-            while self._held and self._held[0][0] <= now:
-                due.append(heapq.heappop(self._held)[2])
+            due = self._held.pop_due()
         ready = [call for call in due if self.admit(call)]
         if self.controls.pace:  # type: ignore[attr-defined]
             self._submit_paced(ready)
@@ -381,8 +370,7 @@ class Consumer(CallRunner):
 
     def _shutdown(self) -> None:
         with self._lock:
-            held = [call.delivery for _, _, call in self._held]
-            self._held.clear()
+            held = [call.delivery for call in self._held.clear()]
         if held and not self.aborted:
             self.settler.requeue(held)
         deadline = time.monotonic() + self.options.shutdown_timeout
