@@ -24,11 +24,12 @@ from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
 from .held import HeldCalls
-from .lifecycle import register_running, report_crash, unregister_running
+from .lifecycle import register_running, report_crash
 from .message import MalformedMessage, decode
 from .pool import AsyncioPool, ElasticPool
 from .settle import HOST, Settler
 from .state import StateStore
+from .stopping import Stopping
 
 if TYPE_CHECKING:
     from .task import Task
@@ -64,7 +65,7 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-class Consumer(CallRunner):
+class Consumer(CallRunner, Stopping):
     """Consumes one task's queue in this process."""
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -139,24 +140,6 @@ class Consumer(CallRunner):
         self.settler.wake.set()
         with self._lock:
             self._lock.notify_all()
-
-    def abort(self) -> None:
-        """Stop at once: ack what finished, give every unfinished message back (running calls
-        included: they will run again, at-least-once) and let the process exit."""
-        if self.aborted:
-            return
-        self.aborted = True
-        self.stop()
-        try:
-            self.settler.flush()
-            self.settler.closed = True
-            log.warning("%s: stopping at once: %d unfinished message(s) go back to the queue (%d call(s) "
-                        "still running will run again)", self.queue, self._unacked, self.pool.busy)
-            self.conn.close()  # a broker gives back every unacked delivery on close
-        except Exception:  # noqa: BLE001
-            log.exception("%s: handing back messages failed; they return after the broker's lease", self.queue)
-        finally:
-            self._handed_back.set()
 
     def join(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -365,37 +348,6 @@ class Consumer(CallRunner):
             log.warning("heartbeat to %s failed: %s: %s", self.conn.url, type(exc).__name__, exc)
             return
         self.call_hook("callq_heartbeat_seen", consumer=self, recovered=recovered)
-
-    # --- shutdown ----------------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        with self._lock:
-            held = [call.delivery for call in self._held.clear()]
-        if held and not self.aborted:
-            self.settler.requeue(held)
-        deadline = time.monotonic() + self.options.shutdown_timeout
-        while not self.aborted and not self.pool.wait_idle(0.1):  # a second signal cuts this short
-            if time.monotonic() > deadline:
-                log.warning("%d call(s) of %s still running after %.0fs; their messages return after the "
-                            "lease", self.pool.busy, self.queue, self.options.shutdown_timeout)
-                break
-        if self.aborted:
-            self._handed_back.wait(5)
-        else:
-            self.settler.drain(10)
-        self.pool.shutdown()
-        self._stopped.set()
-        self.settler.wake.set()
-        for control in self.controls.stop:  # type: ignore[attr-defined]
-            safely(f"{control.name}.stop", control.stop)
-        try:
-            self.call_hook("callq_consumer_stopped", consumer=self)
-        finally:
-            unregister_running(self)
-            s = self.stats()
-            log.info("stopped %s: %d done, %d retried, %d dead-lettered in %.1fs",
-                     self.queue, s.done, s.retried, s.dead, s.elapsed)
-
 
 def _check_mode(task: Task[Any, Any], is_async: bool) -> None:
     mode = task.options.mode
