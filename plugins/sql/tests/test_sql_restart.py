@@ -1,0 +1,140 @@
+"""The database server restarts mid-run: the consumer reconnects and nothing is lost.
+
+Stops the shared PostgreSQL / MariaDB for a moment and starts it again in a ``finally``,
+waiting until it answers, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from callq.broker import Connection
+from callq.testing import drain, fresh_queue_name
+from callq_sql.testing import MARIADB, POSTGRES, sqlalchemy_url
+
+PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
+MARIADB_START = ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"]
+
+
+def _answers(url: str) -> bool:
+    engine = create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        engine.dispose()
+
+
+def _pg_version() -> str:
+    out = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[0]
+
+
+def _start(url: str) -> None:
+    if url == POSTGRES:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "start"],
+                       capture_output=True, timeout=60, check=False)
+    else:
+        subprocess.run(MARIADB_START, capture_output=True, timeout=60, check=False)
+
+
+def _stop(url: str) -> None:
+    if url == POSTGRES:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "stop", "-m", "fast"],
+                       capture_output=True, timeout=60, check=True)
+    else:
+        subprocess.run(["mysqladmin", "-h", "127.0.0.1", "-u", "root", "shutdown"],
+                       capture_output=True, timeout=60, check=True)
+    deadline = time.monotonic() + 30
+    while _answers(url) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def ensure_running(url: str) -> None:
+    if _answers(url):
+        return
+    _start(url)
+    deadline = time.monotonic() + 60
+    while not _answers(url):
+        assert time.monotonic() < deadline, f"{url} did not come back"
+        time.sleep(0.2)
+
+
+def restart(url: str) -> None:
+    try:
+        _stop(url)
+        time.sleep(0.5)  # clients notice it is gone
+    finally:
+        _start(url)
+        ensure_running(url)
+
+
+@pytest.mark.slow
+def test_consumer_survives_a_server_restart(server: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="callq")
+    url = f"{server}?table_prefix={prefix}&lease=20"
+    queue = fresh_queue_name("cq-sql-restart")
+    consumer, producer = Connection(url), Connection(url)
+    seen: list[bytes] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                got = consumer.fetch(queue, 20, 0.2)  # retries on its own while the server is away
+                if got:
+                    consumer.ack(got)
+                    seen.extend(d.body for d in got)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    try:
+        producer.publish(queue, [f"before-{i}".encode() for i in range(100)])
+        thread.start()
+        deadline = time.monotonic() + 10
+        while len(seen) < 100 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(seen) == 100
+        stop.set()
+        thread.join(5)
+        producer.publish(queue, [f"kept-{i}".encode() for i in range(5)])
+        held = drain(consumer, queue, 5, ack=False)  # in flight at the restart
+        assert len(held) == 5
+        # waiting (delayed) in the table while the server restarts
+        producer.publish(queue, [f"stored-{i}".encode() for i in range(50)], delay=3.0)
+
+        stop.clear()
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()  # fetching when the server goes away: it must reconnect by itself
+        time.sleep(0.3)
+        restart(server)
+        assert consumer.ack(held) == 5  # the rows survived with their owner: the ack deletes them
+        after = [f"after-{i}".encode() for i in range(300)]
+        for start in range(0, len(after), 50):
+            producer.publish(queue, after[start:start + 50])
+        expected = set(after) | {f"stored-{i}".encode() for i in range(50)}
+        deadline = time.monotonic() + 30
+        while not expected <= set(seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert expected <= set(seen), f"{len(expected - set(seen))} messages never came after the restart"
+        assert consumer.size(queue) == 0
+        assert not any(b.startswith(b"kept-") for b in seen), "acked after the restart, yet redelivered"
+        assert thread.is_alive() and not errors, errors
+        assert any("retrying" in r.getMessage() for r in caplog.records), "no warning about the lost connection"
+    finally:
+        stop.set()
+        thread.join(30)
+        ensure_running(server)
+        consumer.close()
+        producer.close()
