@@ -7,74 +7,22 @@ waiting until it answers, whatever the outcome.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 import time
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from callq.broker import Connection
 from callq.testing import drain, fresh_queue_name
-from callq_sql.testing import MARIADB, POSTGRES, sqlalchemy_url
-
-PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
-MARIADB_START = ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", "/usr/sbin/mariadbd"]
-
-
-def _answers(url: str) -> bool:
-    engine = create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": 2})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-    finally:
-        engine.dispose()
-
-
-def _pg_version() -> str:
-    out = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True, check=True)
-    return out.stdout.split()[0]
-
-
-def _start(url: str) -> None:
-    if url == POSTGRES:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "start"],
-                       capture_output=True, timeout=60, check=False)
-    else:
-        subprocess.run(MARIADB_START, capture_output=True, timeout=60, check=False)
-
-
-def _stop(url: str) -> None:
-    if url == POSTGRES:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "stop", "-m", "fast"],
-                       capture_output=True, timeout=60, check=True)
-    else:
-        subprocess.run(["mysqladmin", "-h", "127.0.0.1", "-u", "root", "shutdown"],
-                       capture_output=True, timeout=60, check=True)
-    deadline = time.monotonic() + 30
-    while _answers(url) and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-def ensure_running(url: str) -> None:
-    if _answers(url):
-        return
-    _start(url)
-    deadline = time.monotonic() + 60
-    while not _answers(url):
-        assert time.monotonic() < deadline, f"{url} did not come back"
-        time.sleep(0.2)
+from callq_sql.testing import ensure_running, start_server, stop_server
 
 
 def restart(url: str) -> None:
     try:
-        _stop(url)
+        stop_server(url)
         time.sleep(0.5)  # clients notice it is gone
     finally:
-        _start(url)
+        start_server(url)
         ensure_running(url)
 
 

@@ -55,7 +55,7 @@ def make_engine(url: BrokerURL, *, pool_size: int, connect_timeout: float) -> En
     connect_args: dict[str, object] = {"connect_timeout": max(1, round(connect_timeout))}
     try:
         return create_engine(
-            sa_url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True,
+            sa_url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=False,
             pool_recycle=1800, isolation_level="READ COMMITTED", connect_args=connect_args,
         )
     except ImportError as exc:
