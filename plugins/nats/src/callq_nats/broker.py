@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
@@ -81,10 +82,12 @@ class NatsBroker(BrokerBase):
         self._lock = threading.Lock()
         self._held: dict[str, Msg] = {}  # reply subject -> message handed out, not yet settled
         self._closed = False
+        self._closing = False
         # loop-thread state
         self._ready: set[str] = set()
         self._subs: dict[str, Any] = {}
         self._fetch_locks: dict[str, asyncio.Lock] = {}
+        self._leftovers: dict[str, deque[Msg]] = {}
         self._io = LoopThread(f"callq-nats-{id(self):x}")
         try:
             self.nc = self._io.run(self._connect(), self.connect_timeout + 2)
@@ -106,11 +109,11 @@ class NatsBroker(BrokerBase):
         )
 
     async def _on_error(self, exc: Exception) -> None:
-        if not self._closed:
+        if not self._closing:
             log.warning("nats %s: %s: %s", self.url, type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
-        if not self._closed:
+        if not self._closing:
             log.warning("nats %s: disconnected; reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
@@ -222,14 +225,32 @@ class NatsBroker(BrokerBase):
         sub = await self._sub(queue)
         started = time.monotonic()
         async with self._fetch_locks[queue]:
+            ready = self._take_leftovers(queue, sub, max_n)
+            if ready:
+                return ready
             left = timeout - (time.monotonic() - started)
             try:
-                return await sub.fetch(batch=max_n, timeout=max(left, 0.05))
+                msgs = await sub.fetch(batch=max_n, timeout=max(left, 0.05))
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 return []
             except nats.js.errors.NotFoundError:
                 await self._forget(queue)  # stream or consumer deleted under us: recreate next time
                 return []
+            if len(msgs) > max_n:
+                self._leftovers.setdefault(queue, deque()).extend(msgs[max_n:])
+            return msgs[:max_n]
+
+    def _take_leftovers(self, queue: str, sub: Any, max_n: int) -> list[Msg]:
+        """Messages a pull request delivered after its fetch returned (still ours): handed out first."""
+        over = self._leftovers.setdefault(queue, deque())
+        inner = sub._sub
+        pending = inner._pending_queue if inner is not None else None
+        while pending is not None and not pending.empty():
+            msg = pending.get_nowait()
+            inner._pending_size -= len(msg.data)
+            if msg.reply and not JetStreamContext.is_status_msg(msg):
+                over.append(msg)
+        return [over.popleft() for _ in range(min(max_n, len(over)))]
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         if max_n <= 0 or self._closed:
@@ -382,14 +403,13 @@ class NatsBroker(BrokerBase):
         with self._lock:
             held = list(self._held.values())
             self._held.clear()
+        self._closing = True
 
         async def close() -> None:
-            leftovers = []
-            for sub in self._subs.values():  # delivered to us after a fetch returned: give back too
-                queue = sub._sub._pending_queue if sub._sub is not None else None
-                while queue is not None and not queue.empty():
-                    leftovers.append(queue.get_nowait())
-            for m in held + [m for m in leftovers if m.reply and not nats.js.JetStreamContext.is_status_msg(m)]:
+            leftovers: list[Msg] = []
+            for queue, sub in self._subs.items():  # delivered to us after a fetch returned: give back too
+                leftovers += self._take_leftovers(queue, sub, 1 << 30)
+            for m in held + leftovers:
                 try:
                     await m.nak()
                 except nats.errors.Error:
