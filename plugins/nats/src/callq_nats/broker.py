@@ -188,6 +188,9 @@ class NatsBroker(BrokerBase):
         await self._ensure(queue)
         subj = names.subject(self.prefix, queue)
         limit = self.nc.max_payload - HEADER_ROOM
+        if len(items) == 1 and len(items[0][1]) <= limit:  # one round trip, no futures
+            await self.js.publish(subj, items[0][1], headers={api.Header.MSG_ID: items[0][0]})
+            return
         futures = []
         for msg_id, body in items:
             headers = {api.Header.MSG_ID: msg_id}
