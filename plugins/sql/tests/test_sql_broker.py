@@ -135,3 +135,26 @@ def test_mariadb_and_mysql_schemes_use_pymysql(prefix: str) -> None:
         finally:
             conn.close()
     assert MARIADB.startswith("mysql://")
+
+
+def test_reconcile_after_a_failed_claim_gives_back_only_orphans(prefix: str, server: str) -> None:
+    """A claim retried after an error must keep what it claimed; rows owned but never handed out go back."""
+    conn = Connection(f"{server}?table_prefix={prefix}")
+    try:
+        broker = conn.broker
+        q = fresh_queue_name()
+        conn.publish(q, [b"a", b"b", b"c"])
+        held = conn.fetch(q, 1, 1)
+        assert len(held) == 1
+        # an orphan: a row this consumer owns (as if a claim committed but its reply was lost)
+        _query(server, f"UPDATE {prefix}messages SET status = 1, owner = '{broker.consumer_id}', "  # type: ignore[attr-defined]
+                       f"lease_until = {_now(server)} + 60 WHERE queue = '{q}' AND body = 'c'")
+        broker._suspect = True  # type: ignore[attr-defined]
+        got = conn.fetch(q, 1, 1)  # claims 'b', then reconciles: 'c' goes back, 'a' and 'b' stay ours
+        assert [d.body for d in got] == [b"b"]
+        assert [d.body for d in conn.fetch(q, 5, 1)] == [b"c"]
+        owned = _query(server, f"SELECT body FROM {prefix}messages WHERE queue = '{q}' AND status = 1 "
+                               f"AND owner = '{broker.consumer_id}' ORDER BY id")  # type: ignore[attr-defined]
+        assert [bytes(r[0]) for r in owned] == [b"a", b"b", b"c"]
+    finally:
+        conn.close()

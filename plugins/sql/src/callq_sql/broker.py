@@ -72,6 +72,7 @@ class SqlBroker(BrokerBase):
             raise
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._claim_lock = threading.Lock()
         self._held: set[int] = set()
         self._suspect = False
         self._closed = False
@@ -159,14 +160,18 @@ class SqlBroker(BrokerBase):
                 conn.exec_driver_sql(sql.claim_update, {**args, "ids": tuple(r[0] for r in rows)})
             return [(r[0], r[1], r[2] + 1, r[3]) for r in rows]
 
-        rows = self._tx(f"fetch from {queue}", run, self._mark_suspect)
-        if self._suspect:
-            self._reconcile()
+        # One claim at a time per instance: between a claim's commit and its rows entering
+        # _held, a reconcile (after another claim's lost reply) would give them back.
+        with self._claim_lock:
+            rows = self._tx(f"fetch from {queue}", run, self._mark_suspect)
+            if rows:
+                with self._lock:
+                    self._held.update(r[0] for r in rows)
+            if self._suspect:
+                self._reconcile()
         if not rows:
             return []
         rows.sort(key=lambda r: (-r[1], r[0]))
-        with self._lock:
-            self._held.update(r[0] for r in rows)
         return [Delivery(bytes(r[3]), queue, r[0], r[2] > 1) for r in rows]
 
     def _reconcile(self) -> None:
