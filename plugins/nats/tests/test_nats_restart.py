@@ -80,3 +80,35 @@ def test_consumer_survives_a_nats_restart(prefix: str, caplog: pytest.LogCapture
         ensure_running()
         consumer.close()
         producer.close()
+
+
+@pytest.mark.slow
+def test_a_real_worker_survives_a_nats_restart(prefix: str) -> None:
+    """A ``@callq.task`` worker consuming while nats-server restarts: every call runs."""
+    import callq
+
+    url = f"nats://127.0.0.1:4222?prefix={prefix}&ack_wait=5"
+    ran: set[int] = set()
+    lock = threading.Lock()
+
+    @callq.task(fresh_queue_name("cq-nats-worker"), broker=url, concurrency=4)
+    def work(i: int) -> None:
+        time.sleep(0.01)  # slow enough that calls wait in the stream while the server is down
+        with lock:
+            ran.add(i)
+
+    try:
+        work.push_many([{"i": i} for i in range(300)])
+        work.consume()
+        deadline = time.monotonic() + 15
+        while len(ran) < 150 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        restart()
+        work.push_many([{"i": i} for i in range(300, 600)])
+        deadline = time.monotonic() + 30
+        while len(ran) < 600 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ran == set(range(600)), f"{600 - len(ran)} calls never ran"
+    finally:
+        ensure_running()
+        work.stop(timeout=30)

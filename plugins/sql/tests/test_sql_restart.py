@@ -86,3 +86,36 @@ def test_consumer_survives_a_server_restart(server: str, prefix: str, caplog: py
         ensure_running(server)
         consumer.close()
         producer.close()
+
+
+@pytest.mark.slow
+def test_a_real_worker_survives_a_server_restart(server: str, prefix: str) -> None:
+    """A ``@callq.task`` worker consuming while the database restarts: every call runs."""
+    import callq
+
+    url = f"{server}?table_prefix={prefix}&lease=20"
+    ran: set[int] = set()
+    lock = threading.Lock()
+
+    @callq.task(fresh_queue_name("cq-sql-worker"), broker=url, concurrency=4)
+    def work(i: int) -> None:
+        time.sleep(0.01)  # slow enough that calls wait in the table while the server is down
+        with lock:
+            ran.add(i)
+
+    try:
+        work.push_many([{"i": i} for i in range(300)])
+        work.consume()
+        deadline = time.monotonic() + 15
+        while len(ran) < 150 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        restart(server)
+        for i in range(300, 600):
+            work.push(i)
+        deadline = time.monotonic() + 30
+        while len(ran) < 600 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ran == set(range(600)), f"{600 - len(ran)} calls never ran"
+    finally:
+        ensure_running(server)
+        work.stop(timeout=30)
