@@ -34,6 +34,8 @@ def _query(server: str, sql: str) -> list[tuple]:
     (f"{POSTGRES}?pool_size=0", "pool_size"),
     ("postgresql://127.0.0.1:5432/", "database"),
     ("postgresql+asyncpg://127.0.0.1:5432/test", "callq-sql handles"),
+    (f"{POSTGRES}?leese=3", "neither callq-sql's"),
+    (f"{MARIADB}?leese=3", "neither callq-sql's"),
 ])
 def test_bad_urls_are_config_errors(url: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
@@ -45,6 +47,13 @@ def test_wrong_password_is_a_broker_error_with_the_password_masked() -> None:
         Connection("mysql://nobody:s3cret@127.0.0.1:3306/test?retry=0")
     assert "s3cret" not in str(info.value)
     assert "***" in str(info.value) and "Access denied" in str(info.value)
+
+
+def test_missing_database_fails_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="cannot connect.*nosuchdb"):
+        Connection("postgresql://postgres@127.0.0.1:5432/nosuchdb")
+    assert time.monotonic() - started < 5
 
 
 def test_driver_parameters_pass_through(prefix: str, server: str) -> None:

@@ -13,7 +13,6 @@ See docs/brokers/nats.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -35,6 +34,8 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import names
+from .deadletter import dead_letter_body
+from .large import LargeBodies, object_name
 from .loop import LoopThread
 
 log = logging.getLogger("callq.nats")
@@ -43,7 +44,6 @@ T = TypeVar("T")
 
 KNOWN_PARAMS = ("prefix", "ack_wait", "max_deliveries", "retry", "connect_timeout", "max_ack_pending", "replicas")
 DURABLE = "callq"
-BIG_HEADER = "Callq-Object"
 #: room left for headers when deciding whether a body fits in one message
 HEADER_ROOM = 1024
 #: longest wait for the loop thread on top of an operation's own timeout
@@ -95,6 +95,7 @@ class NatsBroker(BrokerBase):
             self._io.stop()
             raise BrokerError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from None
         self.js = self.nc.jetstream(timeout=5.0)
+        self.large = LargeBodies(self.js, self.prefix, self.replicas)
 
     # --- connection ------------------------------------------------------------------------
 
@@ -195,22 +196,10 @@ class NatsBroker(BrokerBase):
         for msg_id, body in items:
             headers = {api.Header.MSG_ID: msg_id}
             if len(body) > limit:
-                store = await self._big_store(queue, create=True)
-                await store.put(msg_id, body)
-                headers[BIG_HEADER] = msg_id
+                headers.update(await self.large.put(queue, msg_id, body))
                 body = b""
             futures.append(await self.js.publish_async(subj, body, headers=headers))
         await asyncio.wait_for(asyncio.gather(*futures), 30.0)
-
-    async def _big_store(self, queue: str, create: bool = False) -> Any:
-        bucket = names.big_bucket(self.prefix, queue)
-        try:
-            return await self.js.object_store(bucket)
-        except nats.js.errors.NotFoundError:
-            if not create:
-                return None
-            return await self.js.create_object_store(bucket, config=api.ObjectStoreConfig(
-                bucket=bucket, storage=api.StorageType.FILE, replicas=self.replicas))
 
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
         if not bodies:
@@ -266,46 +255,23 @@ class NatsBroker(BrokerBase):
                 self._dead_letter(queue, msg, delivered)
                 continue
             body = msg.data
-            if msg.headers and BIG_HEADER in msg.headers:
-                body = self._load_big(queue, msg)
+            name = object_name(msg.headers)
+            if name is not None:
+                body = self._call("load a large body", lambda n=name: self.large.load(queue, n))
                 if body is None:
+                    log.error("nats %s: the large body %s of a message on %s is gone (queue purged?)",
+                              self.url, name, queue)
+                    self._dead_letter(queue, msg, delivered, reason="large body missing")
                     continue
             with self._lock:
                 self._held[msg.reply] = msg
             out.append(Delivery(body, queue, msg, delivered > 1))
         return out
 
-    def _load_big(self, queue: str, msg: Msg) -> bytes | None:
-        name = msg.headers[BIG_HEADER]  # type: ignore[index]
-
-        async def load() -> bytes | None:
-            store = await self._big_store(queue)
-            try:
-                return None if store is None else (await store.get(name)).data
-            except nats.js.errors.NotFoundError:
-                return None
-
-        data = self._call("load a large body", load)
-        if data is None:
-            log.error("nats %s: the large body %s of a message on %s is gone (queue purged?); "
-                      "dead-lettering the message", self.url, name, queue)
-            self._dead_letter(queue, msg, msg.metadata.num_delivered, reason="large body missing")
-        return data
-
     def _dead_letter(self, queue: str, msg: Msg, delivered: int, reason: str = "") -> None:
         reason = reason or f"delivered {delivered} times (max_deliveries={self.max_deliveries})"
-        dead = {"reason": reason, "queue": queue, "at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
-        try:
-            payload = json.loads(msg.data)
-        except ValueError:
-            payload = None
-        if isinstance(payload, dict):
-            meta = payload.get("_callq") if isinstance(payload.get("_callq"), dict) else {}
-            payload["_callq"] = {**meta, "dead": dead}
-        else:
-            payload = {"_callq": {"dead": {**dead, "body": msg.data.decode("utf-8", "replace")}}}
         log.error("nats %s: message on %s %s; sent to %s.dlq", self.url, queue, reason, queue)
-        self.callq_publish(f"{queue}.dlq", [json.dumps(payload).encode()], 0.0, None)
+        self.callq_publish(f"{queue}.dlq", [dead_letter_body(msg.data, queue, reason)], 0.0, None)
         self._settle("dead-letter", [msg], lambda m: m.ack())
 
     # --- ack / requeue / heartbeat ---------------------------------------------------------
@@ -334,24 +300,14 @@ class NatsBroker(BrokerBase):
             return 0
         msgs = self._release(deliveries)
         self._settle("ack", msgs, lambda m: m.ack())
-        big = [(d.queue, m.headers[BIG_HEADER]) for d, m in zip(deliveries, msgs) if m.headers and BIG_HEADER in m.headers]
-        for queue, name in big:
-            self._delete_big(queue, name)
-        return len(deliveries)
-
-    def _delete_big(self, queue: str, name: str) -> None:
-        async def delete() -> None:
-            store = await self._big_store(queue)
-            if store is not None:
+        for d, m in zip(deliveries, msgs):
+            name = object_name(m.headers)
+            if name is not None:
                 try:
-                    await store.delete(name)
-                except nats.js.errors.NotFoundError:
-                    pass
-
-        try:
-            self._call("delete a large body", delete)
-        except BrokerError as exc:
-            log.warning("nats %s: could not delete large body %s: %s", self.url, name, exc)
+                    self._call("delete a large body", lambda q=d.queue, n=name: self.large.delete(q, n))
+                except BrokerError as exc:
+                    log.warning("nats %s: could not delete large body %s: %s", self.url, name, exc)
+        return len(deliveries)
 
     def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
         if not deliveries:
@@ -392,10 +348,7 @@ class NatsBroker(BrokerBase):
                 await self.js.purge_stream(stream)
             except nats.js.errors.NotFoundError:
                 return 0
-            try:
-                await self.js.delete_object_store(names.big_bucket(self.prefix, queue))
-            except nats.js.errors.NotFoundError:
-                pass
+            await self.large.drop_queue(queue)
             return int(info.state.messages)
 
         return self._call(f"purge of {queue}", purge)

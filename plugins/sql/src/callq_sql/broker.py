@@ -28,7 +28,7 @@ from callq.errors import BrokerError
 from callq.url import BrokerURL
 
 from .dialects import Statements
-from .engine import Runner, make_engine, table_prefix
+from .engine import Runner, check_connect, make_engine, table_prefix
 from .schema import Tables, ensure_schema
 from .state import SqlState
 
@@ -65,6 +65,7 @@ class SqlBroker(BrokerBase):
         )
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"[-100:]
         try:
+            check_connect(self.engine, url)
             ensure_schema(self.engine, self.tables, str(url))
             self._measure_clock()
         except BaseException:

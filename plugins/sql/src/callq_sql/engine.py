@@ -66,6 +66,22 @@ def make_engine(url: BrokerURL, *, pool_size: int, connect_timeout: float) -> En
         raise ConfigError(f"broker URL {url}: {exc}") from None
 
 
+def check_connect(engine: Engine, url: BrokerURL) -> None:
+    """Open one connection now: a wrong URL fails the constructor with a clear error, not a retry loop."""
+    known = ", ".join(CALLQ_PARAMS)
+    try:
+        with engine.connect():
+            pass
+    except TypeError as exc:  # PyMySQL: an unknown keyword argument
+        raise ConfigError(f"broker URL {url}: a query parameter is neither callq-sql's ({known}) nor the "
+                          f"driver's: {exc}") from None
+    except DBAPIError as exc:
+        if "invalid connection option" in str(exc.orig):  # libpq
+            raise ConfigError(f"broker URL {url}: a query parameter is neither callq-sql's ({known}) nor the "
+                              f"driver's: {_cause(exc)}") from None
+        raise BrokerError(f"sql {url}: cannot connect: {_cause(exc)}") from exc
+
+
 def transient(exc: BaseException) -> bool:
     """Connection lost, server restarting, deadlock or lock timeout: worth retrying."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
