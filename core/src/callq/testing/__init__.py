@@ -11,9 +11,32 @@ In a plugin's tests::
             return "mybroker://localhost:1234?lease=3"
 
 Every test that needs a capability skips only when the broker does not claim it; a
-claimed capability that does not hold fails.
+claimed capability that does not hold fails. ``BrokerContract`` is the composition of one
+mixin per subject (``AbstractPublishFetchTests``, ``AbstractAckTests``,
+``AbstractDelayPriorityTests``, ``AbstractConcurrencyTests``, ``AbstractStateStoreTests``),
+all on the fixtures of ``ContractBase``.
 """
 
-from .contract import BrokerContract, drain, fresh_queue_name
+from .contract import (
+    AbstractAckTests,
+    AbstractConcurrencyTests,
+    AbstractDelayPriorityTests,
+    AbstractPublishFetchTests,
+    AbstractStateStoreTests,
+    BrokerContract,
+    ContractBase,
+    drain,
+    fresh_queue_name,
+)
 
-__all__ = ["BrokerContract", "drain", "fresh_queue_name"]
+__all__ = [
+    "AbstractAckTests",
+    "AbstractConcurrencyTests",
+    "AbstractDelayPriorityTests",
+    "AbstractPublishFetchTests",
+    "AbstractStateStoreTests",
+    "BrokerContract",
+    "ContractBase",
+    "drain",
+    "fresh_queue_name",
+]
