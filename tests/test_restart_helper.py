@@ -3,6 +3,8 @@ reports what a "restart" that loses messages lost (so the restart tests built on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from callq.broker import Connection
@@ -12,6 +14,15 @@ from callq.testing.restart import run_restart_scenario, run_worker_restart_scena
 
 def _url() -> str:
     return f"memory://{fresh_queue_name('restart')}"
+
+
+def _purge(url: str, queue: str) -> Callable[[], None]:
+    """A "restart" of a server that loses every message it stored."""
+    def restart() -> None:
+        conn = Connection(url)
+        conn.purge(queue)
+        conn.close()
+    return restart
 
 
 def test_a_restart_that_keeps_everything_loses_nothing() -> None:
@@ -27,13 +38,7 @@ def test_a_restart_that_keeps_everything_loses_nothing() -> None:
 
 def test_a_restart_that_drops_the_queue_is_reported() -> None:
     url, queue = _url(), fresh_queue_name()
-
-    def lose_everything() -> None:
-        conn = Connection(url)
-        conn.purge(queue)
-        conn.close()
-
-    report = run_restart_scenario(url, lose_everything, queue=queue, timeout=1)
+    report = run_restart_scenario(url, _purge(url, queue), queue=queue, timeout=1)
     # the 50 stored are gone; the 5 held are never acked nor requeued by this broker
     assert report.lost == 55
     assert report.held_acked is None
@@ -55,12 +60,6 @@ def test_worker_scenario_counts_the_calls_that_ran() -> None:
 
 def test_worker_scenario_reports_lost_calls() -> None:
     url, queue = _url(), fresh_queue_name()
-
-    def lose_the_queue() -> None:
-        conn = Connection(url)
-        conn.purge(queue)
-        conn.close()
-
-    report = run_worker_restart_scenario(url, lose_the_queue, queue=queue, calls=400, concurrency=1,
+    report = run_worker_restart_scenario(url, _purge(url, queue), queue=queue, calls=400, concurrency=1,
                                          call_seconds=0.005, timeout=2)
     assert report.lost > 0

@@ -14,29 +14,9 @@ Every test that needs a capability skips only when the broker does not claim it;
 claimed capability that does not hold fails. ``BrokerContract`` is the composition of one
 mixin per subject (``AbstractPublishFetchTests``, ``AbstractAckTests``,
 ``AbstractDelayPriorityTests``, ``AbstractConcurrencyTests``, ``AbstractStateStoreTests``),
-all on the fixtures of ``ContractBase``.
+all on the fixtures of ``ContractBase``, in ``callq.testing.contract``.
 """
 
-from .contract import (
-    AbstractAckTests,
-    AbstractConcurrencyTests,
-    AbstractDelayPriorityTests,
-    AbstractPublishFetchTests,
-    AbstractStateStoreTests,
-    BrokerContract,
-    ContractBase,
-    drain,
-    fresh_queue_name,
-)
+from .contract import BrokerContract, drain, fresh_queue_name
 
-__all__ = [
-    "AbstractAckTests",
-    "AbstractConcurrencyTests",
-    "AbstractDelayPriorityTests",
-    "AbstractPublishFetchTests",
-    "AbstractStateStoreTests",
-    "BrokerContract",
-    "ContractBase",
-    "drain",
-    "fresh_queue_name",
-]
+__all__ = ["BrokerContract", "drain", "fresh_queue_name"]
