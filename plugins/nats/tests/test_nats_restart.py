@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,7 +17,7 @@ from callq.testing.restart import run_restart_scenario, run_worker_restart_scena
 from callq_nats.testing import ensure_running, stop_server
 
 
-def restart() -> None:
+def _restart() -> None:
     try:
         stop_server()
         time.sleep(0.5)  # clients notice it is gone
@@ -24,16 +25,27 @@ def restart() -> None:
         ensure_running()
 
 
-@pytest.mark.slow
-def test_consumer_survives_a_nats_restart(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="callq")
-    url = f"nats://127.0.0.1:4222?prefix={prefix}&ack_wait=5"
+@pytest.fixture
+def restart() -> Iterator[Callable[[], None]]:
+    """Restarts nats-server; it is running again after the test whatever the outcome."""
     try:
-        # held: unacked at the restart, must come back; stored: file-backed stream keeps them;
-        # fetch returns [] while the server is away, publish is retried until it is back
-        report = run_restart_scenario(url, restart, queue=fresh_queue_name("cq-nats-restart"))
+        yield _restart
     finally:
         ensure_running()
+
+
+@pytest.fixture
+def url(prefix: str) -> str:
+    return f"nats://127.0.0.1:4222?prefix={prefix}&ack_wait=5"
+
+
+@pytest.mark.slow
+def test_consumer_survives_a_nats_restart(url: str, restart: Callable[[], None],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="callq")
+    # held: unacked at the restart, must come back; stored: file-backed stream keeps them;
+    # fetch returns [] while the server is away, publish waits for it: no errors
+    report = run_restart_scenario(url, restart, queue=fresh_queue_name("cq-nats-restart"))
     print(report)
     assert report.lost == 0, f"{report.lost} messages never came after the restart"
     assert report.loop_error is None and report.fetch_errors == 0, report
@@ -42,12 +54,8 @@ def test_consumer_survives_a_nats_restart(prefix: str, caplog: pytest.LogCapture
 
 
 @pytest.mark.slow
-def test_a_real_worker_survives_a_nats_restart(prefix: str) -> None:
+def test_a_real_worker_survives_a_nats_restart(url: str, restart: Callable[[], None]) -> None:
     """A ``@callq.task`` worker consuming while nats-server restarts: every call runs."""
-    url = f"nats://127.0.0.1:4222?prefix={prefix}&ack_wait=5"
-    try:
-        report = run_worker_restart_scenario(url, restart, queue=fresh_queue_name("cq-nats-worker"))
-    finally:
-        ensure_running()
+    report = run_worker_restart_scenario(url, restart, queue=fresh_queue_name("cq-nats-worker"))
     print(report)
     assert report.lost == 0, f"{report.lost} calls never ran"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,7 +17,7 @@ from callq.testing.restart import run_restart_scenario, run_worker_restart_scena
 from callq_sql.testing import ensure_running, start_server, stop_server
 
 
-def restart(url: str) -> None:
+def _restart(url: str) -> None:
     try:
         stop_server(url)
         time.sleep(0.5)  # clients notice it is gone
@@ -25,18 +26,28 @@ def restart(url: str) -> None:
         ensure_running(url)
 
 
-@pytest.mark.slow
-def test_consumer_survives_a_server_restart(server: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="callq")
-    url = f"{server}?table_prefix={prefix}&lease=20"
+@pytest.fixture
+def restart(server: str) -> Iterator[Callable[[], None]]:
+    """Restarts the database server; it is running again after the test whatever the outcome."""
     try:
-        # stored: delayed rows waiting in the table; held: their rows survive with their owner,
-        # so the ack after the restart deletes them; fetch retries on its own (no error)
-        report = run_restart_scenario(url, lambda: restart(server), queue=fresh_queue_name("cq-sql-restart"),
-                                      stored_delay=3.0, ack_held=True, held_come_back=False,
-                                      fetch_during_restart=True)
+        yield lambda: _restart(server)
     finally:
         ensure_running(server)
+
+
+@pytest.fixture
+def url(server: str, prefix: str) -> str:
+    return f"{server}?table_prefix={prefix}&lease=20"
+
+
+@pytest.mark.slow
+def test_consumer_survives_a_server_restart(url: str, restart: Callable[[], None],
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="callq")
+    # stored: delayed rows waiting in the table; held: their rows survive with their owner,
+    # so the ack after the restart deletes them; fetch retries on its own (no error)
+    report = run_restart_scenario(url, restart, queue=fresh_queue_name("cq-sql-restart"), stored_delay=3.0,
+                                  ack_held=True, held_come_back=False, fetch_during_restart=True)
     print(report)
     assert report.held_acked == 5
     assert report.lost == 0, f"{report.lost} messages never came after the restart"
@@ -48,12 +59,8 @@ def test_consumer_survives_a_server_restart(server: str, prefix: str, caplog: py
 
 
 @pytest.mark.slow
-def test_a_real_worker_survives_a_server_restart(server: str, prefix: str) -> None:
+def test_a_real_worker_survives_a_server_restart(url: str, restart: Callable[[], None]) -> None:
     """A ``@callq.task`` worker consuming while the database restarts: every call runs."""
-    url = f"{server}?table_prefix={prefix}&lease=20"
-    try:
-        report = run_worker_restart_scenario(url, lambda: restart(server), queue=fresh_queue_name("cq-sql-worker"))
-    finally:
-        ensure_running(server)
+    report = run_worker_restart_scenario(url, restart, queue=fresh_queue_name("cq-sql-worker"))
     print(report)
     assert report.lost == 0, f"{report.lost} calls never ran"
