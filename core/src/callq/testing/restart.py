@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..broker import Connection
+from ..broker import Connection, Delivery
 from .contract import drain, fresh_queue_name
 
 log = logging.getLogger("callq.testing.restart")
@@ -133,7 +133,7 @@ def run_restart_scenario(url: str, restart: Callable[[], None], *, queue: str | 
         if len(set(first) & set(loop.seen)) < before or loop.error is not None:
             raise AssertionError(f"{before - len(set(first) & set(loop.seen))} of {before} never came "
                                  f"before the restart; loop error {loop.error!r}")
-        deliveries = []
+        deliveries: list[Delivery] = []
         if held:
             producer.publish(queue, [f"kept-{i}".encode() for i in range(held)])
             deliveries = drain(consumer, queue, held, ack=False)
