@@ -1,0 +1,341 @@
+"""``pulsar://host:6650/tenant/namespace``: one topic and one shared subscription per queue.
+
+* publish: one producer per queue (batching on by default: ``send_async`` for every body, then
+  wait for every receipt); the queue's subscription is made before the first publish, so
+  messages published before any consumer connects are kept (backlog).
+* fetch: one ``Shared`` consumer per queue and connection; at most ``prefetch`` messages wait
+  in the client's receiver queue on top of what fetch handed out.
+* ack: individual acknowledge; requeue: negative acknowledge (back after ``nack_delay``).
+* no lease: the broker gives a consumer's unacked messages to others when its connection
+  closes (process exit, kill -9: at once) or stops answering the broker's keep-alive pings
+  (a frozen process or a lost host: after the server's keep-alive timeout). Heartbeats have
+  nothing to renew.
+* optional dead-letter policy (``max_redeliveries``): a message redelivered that many times
+  goes to ``<queue>.dlq``, the queue callq's own dead letters use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pulsar
+from pulsar.exceptions import AlreadyClosed, PulsarException
+
+from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.errors import BrokerError, ConfigError
+from callq.url import BrokerURL
+
+log = logging.getLogger("callq.pulsar")
+#: the C++ client's own log lines go through this stdlib logger
+client_log = logging.getLogger("callq.pulsar.client")
+
+KNOWN_PARAMS = ("subscription", "prefetch", "nack_delay", "max_redeliveries", "redelivery",
+                "batching", "operation_timeout")
+#: longest single blocking receive; a fetch with a longer timeout loops (and sees close())
+MAX_BLOCK_MS = 1000
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
+
+
+# One pulsar.Client per process and server, shared by every connection (reference counted).
+# The Pulsar docs recommend one client per process; it also keeps consumer ids (numbered per
+# client) distinct across the connections of a process, which pulsar-lite 0.2 needs (it
+# refuses a second consumer with the same id on a subscription, even from another client).
+_clients: dict[tuple[int, str, int], tuple[pulsar.Client, int]] = {}
+_clients_lock = threading.Lock()
+
+
+def _acquire_client(key: tuple[int, str, int]) -> pulsar.Client:
+    with _clients_lock:
+        client, users = _clients.get(key, (None, 0))
+        if client is None:
+            _, service_url, timeout = key
+            client = pulsar.Client(service_url, operation_timeout_seconds=timeout,
+                                   connection_timeout_ms=min(timeout, 10) * 1000, logger=client_log)
+        _clients[key] = (client, users + 1)
+        return client
+
+
+def _release_client(key: tuple[int, str, int]) -> None:
+    with _clients_lock:
+        client, users = _clients.get(key, (None, 0))
+        if client is None:
+            return
+        if users > 1:
+            _clients[key] = (client, users - 1)
+            return
+        del _clients[key]
+    client.close()
+
+
+def _after_fork_in_child() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()  # the parent's clients (and their threads) are not ours
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class PulsarBroker(BrokerBase):
+    """Queues on Pulsar topics; see the module docstring and docs/brokers/pulsar.md."""
+
+    def __init__(self, url: BrokerURL) -> None:
+        super().__init__(url)
+        if url.scheme != "pulsar":
+            raise ConfigError(f"broker URL {url}: scheme must be pulsar://")
+        url.check_params(KNOWN_PARAMS)
+        if url.username or url.password:
+            raise ConfigError(f"broker URL {url}: authentication is not supported by callq-pulsar yet")
+        parts = [p for p in url.path.split("/") if p]
+        if not parts:
+            parts = ["public", "default"]
+        if len(parts) != 2 or not all(_NAME_PART.match(p) for p in parts):
+            raise ConfigError(f"broker URL {url}: the path must be /tenant/namespace, got {url.path!r}")
+        self.tenant, self.namespace = parts
+        self.subscription = url.str_param("subscription", "callq")
+        if not _NAME_PART.match(self.subscription):
+            raise ConfigError(f"broker URL {url}: subscription {self.subscription!r} is not a valid name")
+        self.prefetch = url.int_param("prefetch", 100, minimum=1)
+        self.nack_delay = url.float_param("nack_delay", 0.1, minimum=0.0)
+        self.max_redeliveries = url.int_param("max_redeliveries", 0)
+        self.batching = url.bool_param("batching", True)
+        timeout = url.int_param("operation_timeout", 30, minimum=1)
+        redelivery = url.float_param("redelivery", 60.0, minimum=1.0)
+        self.capabilities = Capabilities(
+            acks=True,
+            persistent=True,
+            distributed=True,
+            backlog=True,
+            native_delay=False,  # deliver_after was ignored by the server tested (pulsar-lite 0.2)
+            priority=False,
+            exact_size=False,  # counting needs the admin (HTTP) API: size() is always 0
+            shared_state=False,
+            redelivery_timeout=redelivery,
+        )
+        self.service_url = f"pulsar://{url.host or 'localhost'}:{url.port or 6650}"
+        self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._client_key = (os.getpid(), self.service_url, timeout)
+        try:
+            self.client = _acquire_client(self._client_key)
+        except (PulsarException, ValueError) as exc:
+            raise ConfigError(f"broker URL {url}: {type(exc).__name__}: {exc}") from None
+        self._lock = threading.Lock()
+        self._producers: dict[str, pulsar.Producer] = {}
+        self._consumers: dict[str, pulsar.Consumer] = {}
+        self._subscribed: set[str] = set()
+        self._closed = False
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def topic(self, queue: str) -> str:
+        if not _QUEUE_NAME.match(queue):
+            raise ConfigError(f"queue name {queue!r} is not a valid Pulsar topic name "
+                              "(letters, digits, _ . - = : only)")
+        return f"persistent://{self.tenant}/{self.namespace}/{queue}"
+
+    def _error(self, what: str, exc: BaseException) -> BrokerError:
+        return BrokerError(f"pulsar {self.url}: {what} failed: {type(exc).__name__}: {exc}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerError(f"pulsar {self.url}: the connection is closed")
+
+    def _subscribe(self, queue: str, receiver_queue_size: int) -> pulsar.Consumer:
+        policy = None
+        if self.max_redeliveries:
+            policy = pulsar.ConsumerDeadLetterPolicy(
+                max_redeliver_count=self.max_redeliveries, dead_letter_topic=self.topic(f"{queue}.dlq"),
+                initial_subscription_name=self.subscription)  # kept until someone reads it
+        return self.client.subscribe(
+            self.topic(queue), self.subscription,
+            consumer_type=pulsar.ConsumerType.Shared,
+            receiver_queue_size=receiver_queue_size,
+            negative_ack_redelivery_delay_ms=int(self.nack_delay * 1000),
+            initial_position=pulsar.InitialPosition.Earliest,
+            consumer_name=self.consumer_name,
+            dead_letter_policy=policy,
+        )
+
+    def _consumer(self, queue: str) -> pulsar.Consumer:
+        consumer = self._consumers.get(queue)
+        if consumer is not None:
+            return consumer
+        with self._lock:
+            self._check_open()
+            consumer = self._consumers.get(queue)
+            if consumer is None:
+                try:
+                    consumer = self._subscribe(queue, self.prefetch)
+                except PulsarException as exc:
+                    raise self._error(f"subscribe to {queue}", exc) from exc
+                self._consumers[queue] = consumer
+                self._subscribed.add(queue)
+            return consumer
+
+    def _producer(self, queue: str) -> pulsar.Producer:
+        producer = self._producers.get(queue)
+        if producer is not None:
+            return producer
+        with self._lock:
+            self._check_open()
+            producer = self._producers.get(queue)
+            if producer is None:
+                try:
+                    if queue not in self._subscribed:
+                        # A durable subscription keeps what is published before any consumer
+                        # connects; a consumer with no receiver queue creates it and leaves.
+                        self._subscribe(queue, 0).close()
+                        self._subscribed.add(queue)
+                    producer = self.client.create_producer(
+                        self.topic(queue), producer_name=None, block_if_queue_full=True,
+                        batching_enabled=self.batching, batching_max_publish_delay_ms=1)
+                except PulsarException as exc:
+                    raise self._error(f"create a producer for {queue}", exc) from exc
+                self._producers[queue] = producer
+            return producer
+
+    # --- publish -------------------------------------------------------------------------
+
+    def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        if not bodies:
+            return 0
+        producer = self._producer(queue)
+        if len(bodies) == 1:
+            try:
+                producer.send(bytes(bodies[0]))
+            except PulsarException as exc:
+                raise self._error(f"publish to {queue}", exc) from exc
+            return 1
+        done = threading.Condition()
+        results: list[Any] = []
+
+        def sent(result: Any, _msg_id: Any) -> None:
+            with done:
+                results.append(result)
+                if len(results) == len(bodies):
+                    done.notify()
+
+        try:
+            for body in bodies:
+                producer.send_async(bytes(body), sent)
+            producer.flush()
+        except PulsarException as exc:
+            raise self._error(f"publish to {queue}", exc) from exc
+        with done:
+            if not done.wait_for(lambda: len(results) == len(bodies), timeout=60):
+                raise BrokerError(f"pulsar {self.url}: publish to {queue}: {len(bodies) - len(results)} "
+                                  "receipt(s) missing after 60s")
+        failed = [r for r in results if r != pulsar.Result.Ok]
+        if failed:
+            raise BrokerError(f"pulsar {self.url}: publish to {queue}: {len(failed)} of {len(bodies)} "
+                              f"message(s) failed ({failed[0]})")
+        return len(bodies)
+
+    # --- fetch ---------------------------------------------------------------------------
+
+    def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        if max_n <= 0 or self._closed:
+            return []
+        consumer = self._consumer(queue)
+        deadline = time.monotonic() + timeout
+        msg = None
+        try:
+            while msg is None:
+                wait_ms = int(min(MAX_BLOCK_MS, max(0.0, deadline - time.monotonic()) * 1000))
+                try:
+                    msg = consumer.receive(wait_ms)
+                except pulsar.Timeout:
+                    if self._closed or time.monotonic() >= deadline:
+                        return []
+            out = [self._delivery(queue, consumer, msg)]
+            while len(out) < max_n:
+                try:
+                    out.append(self._delivery(queue, consumer, consumer.receive(0)))
+                except pulsar.Timeout:
+                    break
+        except AlreadyClosed:
+            if self._closed:
+                return []
+            raise BrokerError(f"pulsar {self.url}: the consumer of {queue} was closed") from None
+        except PulsarException as exc:
+            raise self._error(f"fetch from {queue}", exc) from exc
+        return out
+
+    @staticmethod
+    def _delivery(queue: str, consumer: pulsar.Consumer, msg: pulsar.Message) -> Delivery:
+        return Delivery(msg.data(), queue, (consumer, msg), msg.redelivery_count() > 0)
+
+    # --- ack / requeue -------------------------------------------------------------------
+
+    def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+        for d in deliveries:
+            consumer, msg = d.tag
+            try:
+                consumer.acknowledge(msg)
+            except AlreadyClosed:
+                pass  # its consumer is gone: the broker has given the message to another
+            except PulsarException as exc:
+                raise self._error(f"ack on {d.queue}", exc) from exc
+        return len(deliveries)
+
+    def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
+        # no per-message delay in Pulsar's negative ack: back after nack_delay (the runner
+        # passes delay=0 to brokers without native_delay)
+        for d in deliveries:
+            consumer, msg = d.tag
+            try:
+                consumer.negative_acknowledge(msg)
+            except AlreadyClosed:
+                pass
+            except PulsarException as exc:
+                raise self._error(f"requeue on {d.queue}", exc) from exc
+        return len(deliveries)
+
+    # --- size / purge / close ------------------------------------------------------------
+
+    def callq_size(self, queue: str) -> int:
+        return 0  # the backlog count is only in the admin (HTTP) API; see docs/brokers/pulsar.md
+
+    def callq_purge(self, queue: str) -> int:
+        """Receive and ack what this connection can receive within 0.3 s of silence."""
+        consumer = self._consumer(queue)
+        n = 0
+        try:
+            while True:
+                try:
+                    msg = consumer.receive(300)
+                except pulsar.Timeout:
+                    return n
+                consumer.acknowledge(msg)
+                n += 1
+        except PulsarException as exc:
+            raise self._error(f"purge of {queue}", exc) from exc
+
+    def callq_close(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+            consumers = list(self._consumers.values())
+            producers = list(self._producers.values())
+        for item in (*consumers, *producers):  # closing a consumer gives back its unacked messages
+            try:
+                item.close()
+            except PulsarException as exc:
+                log.warning("pulsar %s: closing %s failed: %s", self.url, type(item).__name__, exc)
+        try:
+            _release_client(self._client_key)
+        except PulsarException as exc:
+            log.warning("pulsar %s: closing the client failed: %s", self.url, exc)
+        return True
+
+    def __repr__(self) -> str:
+        return f"PulsarBroker({str(self.url)!r}, consumer={self.consumer_name!r})"
