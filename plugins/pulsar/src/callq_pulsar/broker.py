@@ -1,10 +1,10 @@
 """``pulsar://host:6650/tenant/namespace``: one topic and one shared subscription per queue.
 
-* publish: one producer per queue (batching on by default: ``send_async`` for every body, then
-  wait for every receipt); the queue's subscription is made before the first publish, so
+* publish: one producer per queue (``send_async`` for every body, then wait for every receipt;
+  up to ``batch`` messages travel as one entry); the queue's subscription is made before the first publish, so
   messages published before any consumer connects are kept (backlog).
-* fetch: one ``Shared`` consumer per queue and connection; at most ``prefetch`` messages wait
-  in the client's receiver queue on top of what fetch handed out.
+* fetch: one ``Shared`` consumer per queue and connection; about ``prefetch`` messages wait
+  in the client's receiver queue on top of what fetch handed out (entries, with ``batch``).
 * ack: individual acknowledge; requeue: negative acknowledge (back after ``nack_delay``).
 * no lease: the broker gives a consumer's unacked messages to others when its connection
   closes (process exit, kill -9: at once) or stops answering the broker's keep-alive pings
@@ -38,7 +38,7 @@ log = logging.getLogger("callq.pulsar")
 client_log = logging.getLogger("callq.pulsar.client")
 
 KNOWN_PARAMS = ("subscription", "prefetch", "nack_delay", "max_redeliveries", "redelivery",
-                "batching", "operation_timeout")
+                "batch", "operation_timeout")
 #: longest single blocking receive; a fetch with a longer timeout loops (and sees close())
 MAX_BLOCK_MS = 1000
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
@@ -103,10 +103,12 @@ class PulsarBroker(BrokerBase):
         self.subscription = url.str_param("subscription", "callq")
         if not _NAME_PART.match(self.subscription):
             raise ConfigError(f"broker URL {url}: subscription {self.subscription!r} is not a valid name")
-        self.prefetch = url.int_param("prefetch", 100, minimum=1)
+        self.prefetch = url.int_param("prefetch", 20, minimum=1)
         self.nack_delay = url.float_param("nack_delay", 0.1, minimum=0.0)
         self.max_redeliveries = url.int_param("max_redeliveries", 0)
-        self.batching = url.bool_param("batching", True)
+        # Off by default: a batch travels as one entry to one consumer, and pulsar-lite counts
+        # a consumer's prefetch in entries, so batches loosen the prefetch bound (see the docs).
+        self.batch = url.int_param("batch", 1, minimum=1)
         timeout = url.int_param("operation_timeout", 30, minimum=1)
         redelivery = url.float_param("redelivery", 60.0, minimum=1.0)
         self.capabilities = Capabilities(
@@ -196,7 +198,8 @@ class PulsarBroker(BrokerBase):
                         self._subscribed.add(queue)
                     producer = self.client.create_producer(
                         self.topic(queue), producer_name=None, block_if_queue_full=True,
-                        batching_enabled=self.batching, batching_max_publish_delay_ms=1)
+                        batching_enabled=self.batch > 1, batching_max_messages=max(2, self.batch),
+                        batching_max_publish_delay_ms=1)
                 except PulsarException as exc:
                     raise self._error(f"create a producer for {queue}", exc) from exc
                 self._producers[queue] = producer
