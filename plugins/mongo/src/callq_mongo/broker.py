@@ -46,6 +46,7 @@ KNOWN_PARAMS = ("lease", "prefix", "poll", "retry")
 CHUNK = 1000
 #: index order of a claim: higher priority first, then oldest visible-at
 CLAIM_SORT = [("p", pymongo.DESCENDING), ("v", pymongo.ASCENDING)]
+CLAIM_INDEX = "callq_claim"
 _TRANSIENT = (ConnectionFailure,)  # AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
 
 
@@ -130,7 +131,7 @@ class MongoBroker(BrokerBase):
         if self._indexed:
             return
         self.call("create indexes", lambda: self.col.create_indexes([
-            pymongo.IndexModel([("q", 1), ("p", -1), ("v", 1)], name="callq_claim"),
+            pymongo.IndexModel([("q", 1), ("p", -1), ("v", 1)], name=CLAIM_INDEX),
             pymongo.IndexModel([("o", 1), ("q", 1)], name="callq_owner"),
         ]))
         self._indexed = True
@@ -178,10 +179,14 @@ class MongoBroker(BrokerBase):
             time.sleep(min(wait, remaining))
             wait = min(wait * 2, self.poll)
 
+    def claim_cursor(self, queue: str, now: float, max_n: int) -> pymongo.cursor.Cursor[dict[str, Any]]:
+        """The ids of up to ``max_n`` claimable messages, in claim order, along the claim index."""
+        return (self.col.find({"q": queue, "v": {"$lte": now}}, {"_id": 1})
+                .sort(CLAIM_SORT).limit(max_n).hint(CLAIM_INDEX))
+
     def _claim(self, queue: str, max_n: int) -> list[Delivery]:
         now = time.time()
-        ready = {"q": queue, "v": {"$lte": now}}
-        ids = [d["_id"] for d in self.col.find(ready, {"_id": 1}).sort(CLAIM_SORT).limit(max_n)]
+        ids = [d["_id"] for d in self.claim_cursor(queue, now, max_n)]
         if not ids:
             return []
         token = uuid.uuid4().hex
@@ -250,8 +255,9 @@ class MongoBroker(BrokerBase):
 
     def callq_size(self, queue: str) -> int:
         """Waiting messages (delayed ones included); claims under a live lease are excluded."""
+        self._ensure_indexes()
         now = time.time()
-        total = self.call("size", lambda: self.col.count_documents({"q": queue}))
+        total = self.call("size", lambda: self.col.count_documents({"q": queue}, hint=CLAIM_INDEX))
         held = self.call("size", lambda: self.col.count_documents(
             {"o": {"$gt": ""}, "q": queue, "v": {"$gt": now}}))
         return max(0, total - held)
