@@ -125,11 +125,9 @@ def main() -> None:
             row("publish 1-by-1", *best_of(ours_single, raw_single))
             row("publish batched (1000/call)", *best_of(ours_batched, raw_batched))
             conn.purge(ours_q)
-            drained = 0
             while True:  # what the raw publish rows left
                 try:
                     raw_cons.acknowledge(raw_cons.receive(300))
-                    drained += 1
                 except pulsar.Timeout:
                     break
             row("consume (fetch 100 + ack)", *best_of(ours_consume, raw_consume, fill))

@@ -11,13 +11,12 @@ import datetime as dt
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-T = TypeVar("T")
 Call = Callable[[str, Callable[[], Any]], Any]
 
 
@@ -88,12 +87,12 @@ class MongoState:
         self._ready()
         while True:
             now = _now()
-            doc = self.call("state incr", lambda: self.col.find_one_and_update(
-                {"_id": key, "n": {"$exists": True}, **_live(now)}, {"$inc": {"n": amount}},
+            doc = self.call("state incr", lambda n=now: self.col.find_one_and_update(
+                {"_id": key, "n": {"$exists": True}, **_live(n)}, {"$inc": {"n": amount}},
                 return_document=ReturnDocument.AFTER))
             if doc is not None:
                 return int(doc["n"])
-            current = self.call("state incr", lambda: self.col.find_one({"_id": key, **_live(now)}))
+            current = self.call("state incr", lambda n=now: self.col.find_one({"_id": key, **_live(n)}))
             if current is None:  # absent or expired: create it
                 if self.put(key, "0", ttl, only_new=True):
                     continue

@@ -10,6 +10,7 @@ tests at another server (a real Apache Pulsar) instead.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -83,7 +84,7 @@ def _wait_until_answers(proc: subprocess.Popen[bytes], port: int, timeout: float
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 pass
             client = pulsar.Client(f"pulsar://127.0.0.1:{port}", operation_timeout_seconds=3,
-                                   connection_timeout_ms=1000, logger=_quiet_logger())
+                                   connection_timeout_ms=1000, logger=logging.getLogger("callq.pulsar.client"))
             try:
                 client.get_topic_partitions("persistent://public/default/callq-ping")
                 return
@@ -96,13 +97,6 @@ def _wait_until_answers(proc: subprocess.Popen[bytes], port: int, timeout: float
     state = f"exited with {proc.returncode}" if proc.poll() is not None else "did not answer"
     raise RuntimeError(f"pulsar-lite {state} within {timeout:.0f}s on 127.0.0.1:{port} "
                        f"(last error: {last}); its log:\n{text}")
-
-
-def _quiet_logger():  # type: ignore[no-untyped-def]
-    import logging
-
-    logger = logging.getLogger("callq.pulsar.client")
-    return logger
 
 
 @contextlib.contextmanager
