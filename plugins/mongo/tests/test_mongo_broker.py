@@ -29,9 +29,10 @@ def test_bad_urls_are_refused_with_a_clear_error(bad: str, words: str) -> None:
 
 
 def test_pymongo_options_pass_through(db_url: str) -> None:
-    conn = Connection(f"{db_url}?maxPoolSize=3&lease=4")
+    conn = Connection(f"{db_url}?maxPoolSize=3&lease=4&appname=mine")
     try:
         assert conn.broker.client.options.pool_options.max_pool_size == 3
+        assert conn.broker.client.options.pool_options.metadata["application"]["name"] == "mine"
         assert conn.capabilities.redelivery_timeout == 4
         assert conn.heartbeat_interval == pytest.approx(0.8)
     finally:

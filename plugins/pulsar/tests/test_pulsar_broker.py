@@ -205,3 +205,18 @@ def test_frozen_consumer_messages_come_back_within_redelivery(url: str) -> None:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
         conn.close()
+
+
+def test_purge_from_a_connection_that_never_fetched_leaves_no_consumer_behind(url: str) -> None:
+    """A producer that purges must not keep a consumer prefetching messages nobody fetches."""
+    producer, worker = Connection(url), Connection(url)
+    queue = fresh_queue_name()
+    try:
+        producer.publish(queue, [b"old"] * 5)
+        assert producer.purge(queue) == 5
+        producer.publish(queue, [b"new"] * 30)
+        got = drain(worker, queue, 30, timeout=5)
+        assert [d.body for d in got] == [b"new"] * 30
+    finally:
+        producer.close()
+        worker.close()

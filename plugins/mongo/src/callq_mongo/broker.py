@@ -47,6 +47,9 @@ CHUNK = 1000
 #: index order of a claim: higher priority first, then oldest visible-at
 CLAIM_SORT = [("p", pymongo.DESCENDING), ("v", pymongo.ASCENDING)]
 CLAIM_INDEX = "callq_claim"
+#: pymongo options callq sets unless the URL gives them
+DEFAULT_OPTIONS: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000,
+                                   "appname": "callq"}
 _TRANSIENT = (ConnectionFailure,)  # AutoReconnect, NetworkTimeout, ServerSelectionTimeoutError
 
 
@@ -92,9 +95,11 @@ class MongoBroker(BrokerBase):
             shared_state=True,
             redelivery_timeout=self.lease,
         )
+        # defaults for what the URL leaves unset (pymongo's keyword arguments would override it)
+        given = {k.lower() for k, _ in parse_qsl(urlsplit(uri).query)}
+        defaults = {k: v for k, v in DEFAULT_OPTIONS.items() if k.lower() not in given}
         try:
-            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, appname="callq")
+            self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, **defaults)
         except (ConfigurationError, ValueError) as exc:
             raise ConfigError(f"broker URL {url}: {exc}") from None
         self.db = self.client[database]

@@ -304,8 +304,17 @@ class PulsarBroker(BrokerBase):
         return 0  # the backlog count is only in the admin (HTTP) API; see docs/brokers/pulsar.md
 
     def callq_purge(self, queue: str) -> int:
-        """Receive and ack what this connection can receive within 0.3 s of silence."""
-        consumer = self._consumer(queue)
+        """Receive and ack what this connection can receive until 0.3 s pass with nothing."""
+        consumer = self._consumers.get(queue)
+        temporary = consumer is None
+        if temporary:  # a consumer left open would keep prefetching messages nobody fetches
+            self._check_open()
+            try:
+                consumer = self._subscribe(queue, 1000)
+            except PulsarException as exc:
+                raise self._error(f"purge of {queue}", exc) from exc
+            self._subscribed.add(queue)
+        assert consumer is not None
         n = 0
         try:
             while True:
@@ -317,6 +326,12 @@ class PulsarBroker(BrokerBase):
                 n += 1
         except PulsarException as exc:
             raise self._error(f"purge of {queue}", exc) from exc
+        finally:
+            if temporary:
+                try:
+                    consumer.close()
+                except PulsarException:
+                    pass
 
     def callq_close(self) -> bool:
         with self._lock:
