@@ -108,6 +108,7 @@ class MongoBroker(BrokerBase):
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}  # claim token -> deliveries not yet settled
         self._indexed = False
+        self._claimed = False  # claimed at least once: close() gives claims back
         self._closed = False
         self._state: MongoState | None = None
 
@@ -195,6 +196,7 @@ class MongoBroker(BrokerBase):
         if not ids:
             return []
         token = uuid.uuid4().hex
+        self._claimed = True  # before the update: its reply may be lost after it took effect
         res = self.col.update_many(
             {"_id": {"$in": ids}, "v": {"$lte": now}},
             {"$set": {"o": self.consumer_id, "t": token, "v": now + self.lease}, "$inc": {"n": 1}},
@@ -282,6 +284,9 @@ class MongoBroker(BrokerBase):
         if self._closed:
             return True
         self._closed = True
+        if not self._claimed:
+            self.client.close()
+            return True
         try:
             self.retry_for = min(self.retry_for, 5.0)
             res = self.call("close", lambda: self.col.update_many(
