@@ -1,6 +1,6 @@
 """callq-mongo beside raw pymongo doing the same work, same run, on a SecantusDB it starts.
 
-    .venv/bin/python bench/bench_mongo.py [--batched 20000] [--claims 2000] [--queued 20000] [--json]
+    .venv/bin/python bench/bench_mongo.py [--batched 20000] [--claims 500] [--queued 10000] [--worker 500] [--json]
 
 Rows (ratio = callq / raw, higher is better):
 
@@ -8,6 +8,8 @@ Rows (ratio = callq / raw, higher is better):
 * claim + ack, small queue: ``fetch(100)`` + ``ack(batch)`` of the ``--claims`` messages queued vs
   the classic raw loop: ``find_one_and_update`` (claim the best one under a lease, same index and
   sort) then ``delete_one`` per message, over a queue of the same length.
+* worker: a real ``@callq.task(...).consume()`` process running ``--worker`` calls of an empty
+  function (queued first), vs the raw ``find_one_and_update`` loop on the small queue.
 * claim + ack with ``--queued`` documents waiting in the same queue (bulk-inserted first): the
   same two loops over a part of them, to see whether claims slow down as the queue grows.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -29,6 +32,7 @@ import pymongo
 from bson import Binary
 
 from callq.broker import Connection
+from callq.message import encode, new_meta
 from callq_mongo.testing import mongo_url
 
 BODY = b'{"i":1,"name":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","_callq":{"id":"0123456789abcdef"}}'
@@ -73,16 +77,62 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return n / (time.perf_counter() - started)
 
 
+def worker_child(url: str, queue: str, n: int, concurrency: int) -> None:
+    """Runs in its own process: a real worker consumes ``n`` calls; prints its rate."""
+    import threading
+
+    import callq
+
+    lock = threading.Lock()
+    finished = threading.Event()
+    count = [0]
+
+    @callq.task(queue, broker=url, concurrency=concurrency)
+    def work(i: int, name: str) -> None:
+        with lock:
+            count[0] += 1
+            if count[0] >= n:
+                finished.set()
+
+    started = time.perf_counter()
+    work.consume()
+    if not finished.wait(120):
+        raise SystemExit(f"worker ran {count[0]} of {n} calls in 120 s")
+    elapsed = time.perf_counter() - started
+    work.stop()
+    callq.stop_all()
+    print(json.dumps({"rate": n / elapsed}), flush=True)
+
+
+def run_worker(url: str, conn: Connection, queue: str, n: int, concurrency: int) -> float:
+    """Publish ``n`` real callq messages, then time a worker process that runs them all."""
+    for start in range(0, n, 1000):
+        conn.publish(queue, [encode({"i": i, "name": "x" * 40}, new_meta())
+                             for i in range(start, min(n, start + 1000))])
+    out = subprocess.run([sys.executable, __file__, "--worker-child", url, queue, str(n), str(concurrency)],
+                         capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batched", type=int, default=20000)
     ap.add_argument("--claims", type=int, default=500, help="messages queued and claimed by callq (small queue)")
     ap.add_argument("--raw-claims", type=int, default=100, help="raw claims from the small queue")
-    ap.add_argument("--queued", type=int, default=20000, help="documents waiting for the last rows")
-    ap.add_argument("--claims-queued", type=int, default=300, help="callq claims with --queued waiting")
-    ap.add_argument("--raw-claims-queued", type=int, default=5, help="raw claims with --queued waiting")
+    ap.add_argument("--queued", type=int, default=10000, help="documents waiting for the last rows")
+    ap.add_argument("--claims-queued", type=int, default=200, help="callq claims with --queued waiting")
+    ap.add_argument("--raw-claims-queued", type=int, default=3, help="raw claims with --queued waiting")
+    ap.add_argument("--worker", type=int, default=500, help="calls run by a real worker process (0: skip)")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--worker-child", nargs=4, metavar=("URL", "QUEUE", "N", "CONCURRENCY"))
     ap.add_argument("--json", action="store_true", help="print a CALLQ_BENCH_JSON line for make bench")
     args = ap.parse_args()
+    if args.worker_child:
+        url, queue, n, concurrency = args.worker_child
+        worker_child(url, queue, int(n), int(concurrency))
+        return
     rows: list[dict[str, object]] = []
 
     def row(case: str, ours: float, raw: float) -> None:
@@ -120,10 +170,15 @@ def main() -> None:
 
             conn.publish(q, [BODY] * args.claims)
             col.insert_many(raw_docs(q, args.claims), ordered=False)
-            row(f"claim + ack, queue of {args.claims:,}", timed(lambda: callq_claim_ack(conn, q, args.claims)),
-                timed(lambda: raw_claim_ack(col, q, args.raw_claims)))
+            ours_small = timed(lambda: callq_claim_ack(conn, q, args.claims))
+            raw_small = timed(lambda: raw_claim_ack(col, q, args.raw_claims))
+            row(f"claim + ack, queue of {args.claims:,}", ours_small, raw_small)
             conn.purge(q)
             col.delete_many({})
+            if args.worker:
+                rate = run_worker(f"{base}/{db_name}?lease={LEASE}", conn, "worker", args.worker,
+                                  args.concurrency)
+                row(f"worker (concurrency {args.concurrency}), queue of {args.worker:,}", rate, raw_small)
 
             if args.queued:
                 started = time.perf_counter()

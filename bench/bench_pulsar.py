@@ -1,6 +1,6 @@
 """callq-pulsar beside raw pulsar-client doing the same work, same run, on a pulsar-lite it starts.
 
-    .venv/bin/python bench/bench_pulsar.py [--single 1500] [--batched 20000] [--consume 10000] [--json]
+    .venv/bin/python bench/bench_pulsar.py [--single 1500] [--batched 20000] [--consume 10000] [--worker 5000] [--json]
 
 Rows (ratio = callq / raw, higher is better):
 
@@ -10,6 +10,8 @@ Rows (ratio = callq / raw, higher is better):
   ``send_async`` + ``flush`` per 1000; producer batching off on both (callq's default).
 * consume: ``fetch(100)`` + ``ack(batch)`` vs a raw loop of ``receive`` + ``acknowledge`` per
   message (shared subscription, receiver queue 100 on both).
+* worker: a real ``@callq.task(...).consume()`` process (decode, pool, acks) running ``--worker``
+  calls of an empty function, vs the same raw consume loop.
 
 pulsar-lite is a reimplementation of the Pulsar protocol, not Apache Pulsar: these numbers say
 nothing about a real Pulsar cluster. ``CALLQ_PULSAR_URL`` uses another server instead.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import uuid
@@ -26,6 +29,7 @@ import uuid
 import pulsar
 
 from callq.broker import Connection
+from callq.message import encode, new_meta
 from callq_pulsar.testing import pulsar_url
 
 BODY = b'{"i":1,"name":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","_callq":{"id":"0123456789abcdef"}}'
@@ -37,14 +41,60 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return n / (time.perf_counter() - started)
 
 
+def worker_child(url: str, queue: str, n: int, concurrency: int) -> None:
+    """Runs in its own process: a real worker consumes ``n`` calls; prints its rate."""
+    import threading
+
+    import callq
+
+    lock = threading.Lock()
+    finished = threading.Event()
+    count = [0]
+
+    @callq.task(queue, broker=url, concurrency=concurrency)
+    def work(i: int, name: str) -> None:
+        with lock:
+            count[0] += 1
+            if count[0] >= n:
+                finished.set()
+
+    started = time.perf_counter()
+    work.consume()
+    if not finished.wait(120):
+        raise SystemExit(f"worker ran {count[0]} of {n} calls in 120 s")
+    elapsed = time.perf_counter() - started
+    work.stop()
+    callq.stop_all()
+    print(json.dumps({"rate": n / elapsed}), flush=True)
+
+
+def run_worker(url: str, conn: Connection, queue: str, n: int, concurrency: int) -> float:
+    """Publish ``n`` real callq messages, then time a worker process that runs them all."""
+    for start in range(0, n, 1000):
+        conn.publish(queue, [encode({"i": i, "name": "x" * 40}, new_meta())
+                             for i in range(start, min(n, start + 1000))])
+    out = subprocess.run([sys.executable, __file__, "--worker-child", url, queue, str(n), str(concurrency)],
+                         capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["rate"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--single", type=int, default=1500)
     ap.add_argument("--batched", type=int, default=20000)
     ap.add_argument("--consume", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--worker", type=int, default=5000, help="calls run by a real worker process (0: skip)")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--worker-child", nargs=4, metavar=("URL", "QUEUE", "N", "CONCURRENCY"))
     ap.add_argument("--json", action="store_true", help="print a CALLQ_BENCH_JSON line for make bench")
     args = ap.parse_args()
+    if args.worker_child:
+        url, queue, n, concurrency = args.worker_child
+        worker_child(url, queue, int(n), int(concurrency))
+        return
     rows: list[dict[str, object]] = []
 
     def best_of(ours, raw, setup=None) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -130,7 +180,13 @@ def main() -> None:
                     raw_cons.acknowledge(raw_cons.receive(300))
                 except pulsar.Timeout:
                     break
-            row("consume (fetch 100 + ack)", *best_of(ours_consume, raw_consume, fill))
+            cons, raw_cons = best_of(ours_consume, raw_consume, fill)
+            row("consume (fetch 100 + ack)", cons, raw_cons)
+            if args.worker:
+                conn.purge(ours_q)
+                rate = run_worker(f"{server}/public/default", conn, f"bench-{run}-worker",
+                                  args.worker, args.concurrency)
+                row(f"worker (concurrency {args.concurrency}) vs raw consume", rate, raw_cons)
         finally:
             conn.close()
             client.close()
