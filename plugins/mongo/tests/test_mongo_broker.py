@@ -162,15 +162,18 @@ def test_state_incr_turns_a_put_value_into_a_counter(db_url: str) -> None:
         conn.close()
 
 
-def test_a_client_without_indexes_creates_them_once(db_url: str) -> None:
+@pytest.mark.parametrize("first", ["publish", "fetch", "heartbeat", "size", "purge"])
+def test_any_first_call_creates_the_indexes(db_url: str, first: str) -> None:
     client: pymongo.MongoClient = pymongo.MongoClient(db_url)
+    conn = Connection(db_url)
     try:
-        conn = Connection(db_url)
-        conn.publish(fresh_queue_name(), [b"x"])
-        conn.close()
-        db = client.get_default_database()
-        assert "callq_claim" in db["callq_messages"].index_information()
+        call = {"publish": lambda: conn.publish("q", [b"x"]), "fetch": lambda: conn.fetch("q", 1, 0.01),
+                "heartbeat": conn.heartbeat, "size": lambda: conn.size("q"), "purge": lambda: conn.purge("q")}
+        call[first]()
+        names = set(client.get_default_database()["callq_messages"].index_information())
+        assert {"callq_claim", "callq_owner"} <= names
     finally:
+        conn.close()
         client.close()
 
 

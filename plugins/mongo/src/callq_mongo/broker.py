@@ -47,6 +47,7 @@ CHUNK = 1000
 #: index order of a claim: higher priority first, then oldest visible-at
 CLAIM_SORT = [("p", pymongo.DESCENDING), ("v", pymongo.ASCENDING)]
 CLAIM_INDEX = "callq_claim"
+OWNER_INDEX = "callq_owner"
 #: pymongo options callq sets unless the URL gives them
 DEFAULT_OPTIONS: dict[str, Any] = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000,
                                    "appname": "callq"}
@@ -138,7 +139,7 @@ class MongoBroker(BrokerBase):
             return
         self.call("create indexes", lambda: self.col.create_indexes([
             pymongo.IndexModel([("q", 1), ("p", -1), ("v", 1)], name=CLAIM_INDEX),
-            pymongo.IndexModel([("o", 1), ("q", 1)], name="callq_owner"),
+            pymongo.IndexModel([("o", 1), ("q", 1)], name=OWNER_INDEX),
         ]))
         self._indexed = True
 
@@ -248,14 +249,16 @@ class MongoBroker(BrokerBase):
 
     def callq_heartbeat(self) -> int:
         """Extend this consumer's leases; clear the owner of expired claims and count them."""
+        self._ensure_indexes()
         now = time.time()
         with self._lock:
             tokens = list(self._held)
         if tokens and not self._closed:
             self.call("heartbeat", lambda: self.col.update_many(
-                {"o": self.consumer_id, "t": {"$in": tokens}}, {"$set": {"v": now + self.lease}}))
+                {"o": self.consumer_id, "t": {"$in": tokens}}, {"$set": {"v": now + self.lease}},
+                hint=OWNER_INDEX))
         res = self.call("heartbeat", lambda: self.col.update_many(
-            {"o": {"$gt": ""}, "v": {"$lte": now}}, {"$set": {"o": None, "t": None}}))
+            {"o": {"$gt": ""}, "v": {"$lte": now}}, {"$set": {"o": None, "t": None}}, hint=OWNER_INDEX))
         if res.modified_count:
             log.warning("mongodb %s: %d message(s) of dead consumers are back", self.url, res.modified_count)
         return int(res.modified_count)
@@ -266,10 +269,11 @@ class MongoBroker(BrokerBase):
         now = time.time()
         total = self.call("size", lambda: self.col.count_documents({"q": queue}, hint=CLAIM_INDEX))
         held = self.call("size", lambda: self.col.count_documents(
-            {"o": {"$gt": ""}, "q": queue, "v": {"$gt": now}}))
+            {"o": {"$gt": ""}, "q": queue, "v": {"$gt": now}}, hint=OWNER_INDEX))
         return max(0, total - held)
 
     def callq_purge(self, queue: str) -> int:
+        self._ensure_indexes()
         now = time.time()
         res = self.call("purge", lambda: self.col.delete_many(
             {"q": queue, "$or": [{"o": None}, {"v": {"$lte": now}}]}))
@@ -290,7 +294,7 @@ class MongoBroker(BrokerBase):
         try:
             self.retry_for = min(self.retry_for, 5.0)
             res = self.call("close", lambda: self.col.update_many(
-                {"o": self.consumer_id}, {"$set": {"o": None, "t": None, "v": time.time()}}))
+                {"o": self.consumer_id}, {"$set": {"o": None, "t": None, "v": time.time()}}, hint=OWNER_INDEX))
             if res.modified_count:
                 log.info("mongodb %s: gave back %d unacked message(s) on close", self.url, res.modified_count)
         except BrokerError as exc:
