@@ -183,3 +183,27 @@ def test_kill_9_twice_loses_nothing(db_url: str, tmp_path: Path) -> None:
     print(f"mongo: {report}")
     assert report.lost == 0, report
     assert report.ran_unique == 2000
+
+
+@pytest.mark.slow
+def test_a_connection_rides_out_a_server_restart(tmp_path: Path) -> None:
+    """Operations retry while the server is down (`retry` seconds) and carry on after."""
+    import threading
+
+    from callq_mongo.testing import free_port, secantus_server
+
+    port, data = free_port(), tmp_path / "data"
+    with secantus_server(data_dir=data, port=port) as server:
+        conn = Connection(f"{server}restart?retry=60&poll=0.05")
+        conn.publish("q", [f"r{i}".encode() for i in range(10)])
+    result: list[object] = []
+    fetcher = threading.Thread(target=lambda: result.append(drain(conn, "q", 10, timeout=60)))
+    fetcher.start()  # retries while the server is down
+    time.sleep(1.0)
+    try:
+        with secantus_server(data_dir=data, port=port):
+            fetcher.join(60)
+            got = result[0] if result else []
+            assert sorted(d.body for d in got) == sorted(f"r{i}".encode() for i in range(10))  # type: ignore[union-attr]
+    finally:
+        conn.close()

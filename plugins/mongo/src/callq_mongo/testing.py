@@ -40,19 +40,21 @@ def _secantus_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def secantus_server(startup_timeout: float = 60.0) -> Iterator[str]:
+def secantus_server(startup_timeout: float = 60.0, data_dir: Path | None = None,
+                    port: int | None = None) -> Iterator[str]:
     """Start SecantusDB on 127.0.0.1 (free port, temp data dir); yield its URL; stop it after.
 
     A server that does not answer within ``startup_timeout`` raises RuntimeError with its log.
+    Pass ``data_dir`` and ``port`` to start it again on the same data (restart tests).
     """
     workdir = Path(tempfile.mkdtemp(prefix="callq-secantus-"))
     config = workdir / "secantusd.toml"
     config.write_text("")  # an explicit (empty) config: no auto-discovery of ~/.secantus
-    port = free_port()
+    port = port or free_port()
     log_path = workdir / "server.log"
     log = open(log_path, "wb")
     cmd = [*_secantus_command(), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-           "--storage-path", str(workdir / "data"), "--log-level", "WARNING"]
+           "--storage-path", str(data_dir or workdir / "data"), "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     url = f"mongodb://127.0.0.1:{port}/"
     try:
