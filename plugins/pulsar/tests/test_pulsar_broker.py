@@ -23,6 +23,7 @@ from callq.testing import drain, fresh_queue_name
     ("pulsar://127.0.0.1:1/?nope=1", "unknown parameter"),
     ("pulsar://127.0.0.1:1/?prefetch=0", "prefetch must be >= 1"),
     ("pulsar://127.0.0.1:1/?batch=x", "batch"),
+    ("pulsar://127.0.0.1:1/?client_log=file", "client_log"),
     ("pulsar://127.0.0.1:1/only-tenant", "/tenant/namespace"),
     ("pulsar://127.0.0.1:1/a/b/c", "/tenant/namespace"),
     ("pulsar://127.0.0.1:1/?subscription=a/b", "subscription"),

@@ -10,13 +10,19 @@ import pytest
 from callq.broker import Connection
 from callq.testing import drain, fresh_queue_name
 from callq.testing.crash import run_crash_test
-from callq_pulsar.testing import free_port, pulsar_lite_server
+from callq_pulsar.testing import free_port, pulsar_lite_server, stale_consumer_errors
 
 
 @pytest.mark.slow
 def test_kill_9_twice_loses_nothing(url: str, tmp_path: Path) -> None:
-    report = run_crash_test(url, calls=2000, kills=2, workdir=tmp_path)
+    before = stale_consumer_errors(url)
+    report = run_crash_test(url, calls=2000, kills=2, workdir=tmp_path, timeout=45)
     print(f"pulsar: {report}")
+    if report.lost and stale_consumer_errors(url) > before:
+        # pulsar-lite 0.2.0 sometimes keeps the consumer of a connection that ended with a TCP
+        # reset (kill -9 mid-traffic) registered, with its unacked messages, and refuses the
+        # next worker's consumer of the same id: see docs/brokers/pulsar.md. Any other loss fails.
+        pytest.xfail(f"pulsar-lite stale-consumer bug stranded messages: {report}")
     assert report.lost == 0, report
     assert report.ran_unique == 2000
 

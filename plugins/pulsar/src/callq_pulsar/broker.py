@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,11 +36,11 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 log = logging.getLogger("callq.pulsar")
-#: the C++ client's own log lines go through this stdlib logger
+#: the C++ client's own log lines go through this stdlib logger with ``client_log=python``
 client_log = logging.getLogger("callq.pulsar.client")
 
 KNOWN_PARAMS = ("subscription", "prefetch", "nack_delay", "max_redeliveries", "redelivery",
-                "batch", "operation_timeout")
+                "batch", "operation_timeout", "client_log")
 #: longest single blocking receive; a fetch with a longer timeout loops (and sees close())
 MAX_BLOCK_MS = 1000
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
@@ -49,22 +51,26 @@ _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
 # The Pulsar docs recommend one client per process; it also keeps consumer ids (numbered per
 # client) distinct across the connections of a process, which pulsar-lite 0.2 needs (it
 # refuses a second consumer with the same id on a subscription, even from another client).
-_clients: dict[tuple[int, str, int], tuple[pulsar.Client, int]] = {}
+_clients: dict[tuple[int, str, int, str], tuple[pulsar.Client, int]] = {}
 _clients_lock = threading.Lock()
 
 
-def _acquire_client(key: tuple[int, str, int]) -> pulsar.Client:
+ClientKey = tuple[int, str, int, str]  # pid, service URL, operation timeout, client_log
+
+
+def _acquire_client(key: ClientKey) -> pulsar.Client:
     with _clients_lock:
         client, users = _clients.get(key, (None, 0))
         if client is None:
-            _, service_url, timeout = key
+            _, service_url, timeout, log_to = key
+            logger = client_log if log_to == "python" else pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
             client = pulsar.Client(service_url, operation_timeout_seconds=timeout,
-                                   connection_timeout_ms=min(timeout, 10) * 1000, logger=client_log)
+                                   connection_timeout_ms=min(timeout, 10) * 1000, logger=logger)
         _clients[key] = (client, users + 1)
         return client
 
 
-def _release_client(key: tuple[int, str, int]) -> None:
+def _release_client(key: ClientKey) -> None:
     with _clients_lock:
         client, users = _clients.get(key, (None, 0))
         if client is None:
@@ -73,7 +79,39 @@ def _release_client(key: tuple[int, str, int]) -> None:
             _clients[key] = (client, users - 1)
             return
         del _clients[key]
+    _close_client(client)
+
+
+def _close_client(client: pulsar.Client) -> None:
     client.close()
+    try:
+        # joins the C++ threads now: left to interpreter shutdown, a thread that still logs
+        # through the Python logger aborts the process ("terminate called ...")
+        client._client.shutdown()
+    except Exception:  # noqa: BLE001 - not in every pulsar-client version
+        pass
+
+
+_live_brokers: weakref.WeakSet[PulsarBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_clients() -> None:
+    """Close what is left open at exit (consumers, producers, then clients): pulsar-client
+    objects destroyed during interpreter shutdown can abort the process."""
+    for broker in list(_live_brokers):
+        try:
+            broker.callq_close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    with _clients_lock:
+        clients = [client for (pid, *_), (client, _) in _clients.items() if pid == os.getpid()]
+        _clients.clear()
+    for client in clients:
+        try:
+            _close_client(client)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
 
 
 def _after_fork_in_child() -> None:
@@ -124,7 +162,9 @@ class PulsarBroker(BrokerBase):
         )
         self.service_url = f"pulsar://{url.host or 'localhost'}:{url.port or 6650}"
         self.consumer_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._client_key = (os.getpid(), self.service_url, timeout)
+        # where the C++ client's own log lines go; see "Logging" in docs/brokers/pulsar.md
+        log_to = url.str_param("client_log", "console", choices=("python", "console"))
+        self._client_key: ClientKey = (os.getpid(), self.service_url, timeout, log_to)
         try:
             self.client = _acquire_client(self._client_key)
         except (PulsarException, ValueError) as exc:
@@ -134,6 +174,7 @@ class PulsarBroker(BrokerBase):
         self._consumers: dict[str, pulsar.Consumer] = {}
         self._subscribed: set[str] = set()
         self._closed = False
+        _live_brokers.add(self)
 
     # --- helpers -------------------------------------------------------------------------
 

@@ -20,6 +20,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: log file of every pulsar-lite started here and still running, by its URL
+SERVER_LOGS: dict[str, Path] = {}
+
 #: the server's keep-alive ping interval and liveness timeout used by the tests (seconds):
 #: a consumer that stops answering (SIGSTOP, network cut) is dropped about 2x this after
 TEST_KEEPALIVE = 2
@@ -62,8 +65,11 @@ def pulsar_lite_server(keepalive: int = TEST_KEEPALIVE, startup_timeout: float =
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         _wait_until_answers(proc, port, startup_timeout, log_path)
-        yield f"pulsar://127.0.0.1:{port}"
+        url = f"pulsar://127.0.0.1:{port}"
+        SERVER_LOGS[url] = log_path
+        yield url
     finally:
+        SERVER_LOGS.pop(f"pulsar://127.0.0.1:{port}", None)
         proc.terminate()
         try:
             proc.wait(15)
@@ -108,3 +114,11 @@ def pulsar_url() -> Iterator[str]:
         return
     with pulsar_lite_server() as url:
         yield url
+
+
+def stale_consumer_errors(url: str) -> int:
+    """How often the pulsar-lite at ``url`` refused a consumer id still held by a dead one."""
+    path = SERVER_LOGS.get(url.split("/public/")[0].rstrip("/"))
+    if path is None or not path.exists():
+        return 0
+    return path.read_text(errors="replace").count("already exists")
