@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,9 @@ def test_kill_9_twice_loses_nothing(url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_messages_survive_a_server_restart() -> None:
+def test_messages_survive_a_server_restart(tmp_path: Path) -> None:
     """Waiting and unacked messages are on disk; a connection reconnects by itself."""
-    data = Path(tempfile.mkdtemp(prefix="callq-pulsar-restart-"))
+    data = tmp_path / "data"
     port = free_port()
     queue = fresh_queue_name()
     with pulsar_lite_server(data_dir=data, port=port) as server:
