@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import re
@@ -24,7 +23,6 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,9 +33,9 @@ from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
+from ._client import ClientKey, acquire_client, live_brokers, release_client
+
 log = logging.getLogger("callq.pulsar")
-#: the C++ client's own log lines go through this stdlib logger with ``client_log=python``
-client_log = logging.getLogger("callq.pulsar.client")
 
 KNOWN_PARAMS = ("subscription", "prefetch", "nack_delay", "max_redeliveries", "redelivery",
                 "batch", "operation_timeout", "client_log")
@@ -45,81 +43,6 @@ KNOWN_PARAMS = ("subscription", "prefetch", "nack_delay", "max_redeliveries", "r
 MAX_BLOCK_MS = 1000
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=:]*$")
-
-
-# One pulsar.Client per process and server, shared by every connection (reference counted).
-# The Pulsar docs recommend one client per process; it also keeps consumer ids (numbered per
-# client) distinct across the connections of a process, which pulsar-lite 0.2 needs (it
-# refuses a second consumer with the same id on a subscription, even from another client).
-_clients: dict[tuple[int, str, int, str], tuple[pulsar.Client, int]] = {}
-_clients_lock = threading.Lock()
-
-
-ClientKey = tuple[int, str, int, str]  # pid, service URL, operation timeout, client_log
-
-
-def _acquire_client(key: ClientKey) -> pulsar.Client:
-    with _clients_lock:
-        client, users = _clients.get(key, (None, 0))
-        if client is None:
-            _, service_url, timeout, log_to = key
-            logger = client_log if log_to == "python" else pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
-            client = pulsar.Client(service_url, operation_timeout_seconds=timeout,
-                                   connection_timeout_ms=min(timeout, 10) * 1000, logger=logger)
-        _clients[key] = (client, users + 1)
-        return client
-
-
-def _release_client(key: ClientKey) -> None:
-    with _clients_lock:
-        client, users = _clients.get(key, (None, 0))
-        if client is None:
-            return
-        if users > 1:
-            _clients[key] = (client, users - 1)
-            return
-        del _clients[key]
-    _close_client(client)
-
-
-def _close_client(client: pulsar.Client) -> None:
-    client.close()
-    try:
-        # joins the C++ threads now: left to interpreter shutdown, a thread that still logs
-        # through the Python logger aborts the process ("terminate called ...")
-        client._client.shutdown()
-    except Exception:  # noqa: BLE001 - not in every pulsar-client version
-        pass
-
-
-_live_brokers: weakref.WeakSet[PulsarBroker] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all_clients() -> None:
-    """Close what is left open at exit (consumers, producers, then clients): pulsar-client
-    objects destroyed during interpreter shutdown can abort the process."""
-    for broker in list(_live_brokers):
-        try:
-            broker.callq_close()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-    with _clients_lock:
-        clients = [client for (pid, *_), (client, _) in _clients.items() if pid == os.getpid()]
-        _clients.clear()
-    for client in clients:
-        try:
-            _close_client(client)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
-
-
-def _after_fork_in_child() -> None:
-    global _clients_lock
-    _clients_lock = threading.Lock()  # the parent's clients (and their threads) are not ours
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PulsarBroker(BrokerBase):
@@ -166,7 +89,7 @@ class PulsarBroker(BrokerBase):
         log_to = url.str_param("client_log", "console", choices=("python", "console"))
         self._client_key: ClientKey = (os.getpid(), self.service_url, timeout, log_to)
         try:
-            self.client = _acquire_client(self._client_key)
+            self.client = acquire_client(self._client_key)
         except (PulsarException, ValueError) as exc:
             raise ConfigError(f"broker URL {url}: {type(exc).__name__}: {exc}") from None
         self._lock = threading.Lock()
@@ -174,7 +97,7 @@ class PulsarBroker(BrokerBase):
         self._consumers: dict[str, pulsar.Consumer] = {}
         self._subscribed: set[str] = set()
         self._closed = False
-        _live_brokers.add(self)
+        live_brokers.add(self)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -387,7 +310,7 @@ class PulsarBroker(BrokerBase):
             except PulsarException as exc:
                 log.warning("pulsar %s: closing %s failed: %s", self.url, type(item).__name__, exc)
         try:
-            _release_client(self._client_key)
+            release_client(self._client_key)
         except PulsarException as exc:
             log.warning("pulsar %s: closing the client failed: %s", self.url, exc)
         return True
