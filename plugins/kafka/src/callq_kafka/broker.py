@@ -1,0 +1,321 @@
+"""``kafka://host:9092[,host2:9092]/``: callq queues on Kafka topics (kafka-python).
+
+A queue is a topic; its consumers form the consumer group ``<group_prefix><queue>``, so each
+message goes to one consumer of the queue and partitions bound the parallelism across
+consumer processes (a topic of N partitions feeds at most N consumers; a worker's own
+threads share its partitions). Offsets are committed only after the calls' outcomes, as a
+per-partition watermark (see :mod:`callq_kafka.offsets`): at-least-once. Requeue and retry
+republish the message, then mark the old offset settled. No native delay and no priority:
+the runner holds delays.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.errors import BrokerError, ConfigError
+from callq.url import BrokerURL
+
+from .consumer import QueueConsumer
+
+log = logging.getLogger("callq.kafka")
+
+KNOWN_PARAMS = ("partitions", "replication", "api_version", "session_timeout", "group_prefix",
+                "connect_timeout", "publish_timeout", "max_message_bytes", "acks")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
+
+
+def parse_hosts(url: BrokerURL) -> list[str]:
+    """The bootstrap servers of ``kafka://h1:9092,h2:9092/`` (port 9092 when none is given)."""
+    netloc = urlsplit(url.raw).netloc
+    if "@" in netloc:
+        raise ConfigError(f"broker URL {url}: callq-kafka takes no user or password (PLAINTEXT listeners only)")
+    hosts = []
+    for part in netloc.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not _HOST.match(part):
+            raise ConfigError(f"broker URL {url}: bad bootstrap host {part!r}; expected host:port")
+        if not re.search(r":\d+$", part) or part.endswith("]"):
+            part += ":9092"
+        if not 0 < int(part.rsplit(":", 1)[1]) < 65536:
+            raise ConfigError(f"broker URL {url}: bad port in {part!r}")
+        hosts.append(part)
+    return hosts or ["localhost:9092"]
+
+
+def parse_api_version(url: BrokerURL) -> tuple[int, ...] | None:
+    raw = url.query.get("api_version", "auto")
+    if raw == "auto":
+        return None
+    try:
+        version = tuple(int(x) for x in raw.split("."))
+    except ValueError:
+        version = ()
+    if not 1 < len(version) < 4:
+        raise ConfigError(f"broker URL {url}: api_version={raw!r} must be 'auto' or a version like 0.9 or 2.8")
+    return version
+
+
+def topic_for(queue: str) -> str:
+    if not _TOPIC.match(queue):
+        raise ConfigError(f"queue name {queue!r} is not a valid Kafka topic name "
+                          "(letters, digits, '.', '_', '-'; at most 249)")
+    return queue
+
+
+class KafkaBroker(BrokerBase):
+    """A callq broker on a Kafka cluster (thread-safe)."""
+
+    heartbeat_interval = 1.0  # commits settled offsets and answers rebalances while the runner is busy
+
+    def __init__(self, url: BrokerURL) -> None:
+        super().__init__(url)
+        url.check_params(KNOWN_PARAMS)
+        self.hosts = parse_hosts(url)
+        self.api_version = parse_api_version(url)
+        self.old = self.api_version is not None and self.api_version < (0, 10, 1)
+        self.partitions = url.int_param("partitions", 4, minimum=1)
+        self.replication = url.int_param("replication", 1, minimum=1)
+        if self.old and ("partitions" in url.query or "replication" in url.query):
+            raise ConfigError(f"broker URL {url}: Kafka {url.query['api_version']} has no CreateTopics API; "
+                              "topics are auto-created with the server's num.partitions and "
+                              "default.replication.factor, so partitions= and replication= cannot apply")
+        self.session_timeout = url.float_param("session_timeout", 6.0, minimum=1.0)
+        self.group_prefix = url.str_param("group_prefix", "callq.")
+        self.connect_timeout = url.float_param("connect_timeout", 10.0, minimum=0.1)
+        self.publish_timeout = url.float_param("publish_timeout", 30.0, minimum=0.1)
+        self.max_message_bytes = url.int_param("max_message_bytes", 4 * 1024 * 1024, minimum=1024)
+        acks = url.str_param("acks", "all", choices=("all", "1"))
+        self.capabilities = Capabilities(
+            acks=True, persistent=True, distributed=True, backlog=True, native_delay=False,
+            priority=False, exact_size=False, shared_state=False,
+            # a dead member is dropped after session_timeout; the group then rebalances
+            redelivery_timeout=self.session_timeout + 6.0,
+        )
+        self._common: dict[str, Any] = {
+            "bootstrap_servers": self.hosts, "client_id": "callq",
+            "request_timeout_ms": int(max(self.publish_timeout, self.session_timeout + 5) * 1000),
+            "bootstrap_timeout_ms": int(self.connect_timeout * 1000),
+        }
+        if self.api_version is not None:
+            self._common["api_version"] = self.api_version
+        self._lock = threading.Lock()
+        self._consumers: dict[str, QueueConsumer] = {}
+        self._tools: dict[str, KafkaConsumer] = {}
+        self._topics: set[str] = set()
+        self._closed = False
+        try:
+            self._producer = KafkaProducer(acks=-1 if acks == "all" else 1, linger_ms=1,
+                                           max_request_size=self.max_message_bytes, **self._common)
+        except KafkaError as exc:
+            raise BrokerError(f"cannot connect to Kafka at {url}: {exc}") from exc
+
+    def _consumer_config(self) -> dict[str, Any]:
+        session_ms = int(self.session_timeout * 1000)
+        return {**self._common, "session_timeout_ms": session_ms,
+                "heartbeat_interval_ms": max(100, session_ms // 6),
+                "max_poll_interval_ms": max(session_ms, 60_000),
+                "fetch_max_wait_ms": 200,
+                "max_partition_fetch_bytes": self.max_message_bytes + 65536}
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _ensure_topic(self, queue: str) -> str:
+        topic = topic_for(queue)
+        if topic in self._topics:
+            return topic
+        if not self.old:  # Kafka 0.9 has no CreateTopics: the server auto-creates on first use
+            from kafka.admin import KafkaAdminClient, NewTopic
+
+            try:
+                admin = KafkaAdminClient(**self._common)
+            except KafkaError as exc:
+                raise BrokerError(f"cannot reach Kafka at {self.url} to create topic {topic}: {exc}") from exc
+            try:
+                admin.create_topics([NewTopic(topic, self.partitions, self.replication)])
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:
+                raise BrokerError(f"creating topic {topic} on {self.url} failed: {exc}") from exc
+            finally:
+                admin.close()
+        self._topics.add(topic)
+        return topic
+
+    # --- the broker hooks ------------------------------------------------------------------------
+
+    def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        bodies = list(bodies)
+        if not bodies:
+            return 0
+        topic = self._ensure_topic(queue)
+        try:
+            futures = [self._producer.send(topic, body) for body in bodies]
+            self._producer.flush(timeout=self.publish_timeout)
+            for fut in futures:
+                fut.get(timeout=self.publish_timeout)
+        except KafkaError as exc:
+            raise BrokerError(f"publish to {queue} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
+        return len(bodies)
+
+    def _consumer(self, queue: str) -> QueueConsumer:
+        consumer = self._consumers.get(queue)
+        if consumer is None:
+            topic = self._ensure_topic(queue)
+            with self._lock:
+                if self._closed:
+                    raise BrokerError(f"Kafka connection {self.url} is closed")
+                consumer = self._consumers.get(queue)
+                if consumer is None:
+                    try:
+                        consumer = QueueConsumer(queue, topic, self.group_prefix + queue, self._consumer_config())
+                    except KafkaError as exc:
+                        raise BrokerError(f"cannot consume {queue} on {self.url}: {exc}") from exc
+                    self._consumers[queue] = consumer
+        return consumer
+
+    def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        if self._closed:
+            return []
+        try:
+            return self._consumer(queue).fetch(max(1, max_n), timeout)
+        except KafkaError as exc:
+            raise BrokerError(f"fetch from {queue} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _by_queue(self, deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:
+        out: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            out.setdefault(d.queue, []).append(d)
+        return out
+
+    def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+        for queue, group in self._by_queue(deliveries).items():
+            consumer = self._consumers.get(queue)
+            if consumer is not None:
+                consumer.settle(group)  # committed by the next fetch or heartbeat
+        return len(deliveries)
+
+    def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
+        """Republish at the end of the topic, then mark the old offsets settled (no native delay)."""
+        for queue, group in self._by_queue(deliveries).items():
+            self.callq_publish(queue, [d.body for d in group], 0.0, None)
+            consumer = self._consumers.get(queue)
+            if consumer is not None:
+                consumer.settle(group)
+        return len(deliveries)
+
+    def callq_heartbeat(self) -> int:
+        for consumer in list(self._consumers.values()):
+            try:
+                consumer.heartbeat()
+            except KafkaError as exc:
+                log.warning("Kafka heartbeat of %s on %s: %s", consumer.queue, self.url, exc)
+        return 0  # Kafka itself hands a dead member's partitions to the others
+
+    # --- size and purge --------------------------------------------------------------------------
+
+    def _tool(self, queue: str) -> KafkaConsumer:
+        """A consumer outside the group (no subscription) for offsets of the queue's group."""
+        tool = self._tools.get(queue)
+        if tool is None:
+            tool = KafkaConsumer(group_id=self.group_prefix + queue, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", **self._consumer_config())
+            self._tools[queue] = tool
+        return tool
+
+    def _partitions(self, tool: KafkaConsumer, topic: str) -> list[TopicPartition]:
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            parts = tool.partitions_for_topic(topic)
+            if parts:
+                return [TopicPartition(topic, p) for p in sorted(parts)]
+            if time.monotonic() > deadline:
+                raise BrokerError(f"Kafka at {self.url} has no partitions for topic {topic}")
+            time.sleep(0.1)
+
+    def callq_size(self, queue: str) -> int:
+        """Waiting messages: the group's lag (end offset - committed), less what this connection holds."""
+        topic = self._ensure_topic(queue)
+        with self._lock:
+            try:
+                tool = self._tool(queue)
+                tps = self._partitions(tool, topic)
+                ends = tool.end_offsets(tps)
+                lag = sum(max(0, ends[tp] - (tool.committed(tp) or 0)) for tp in tps)
+            except KafkaError as exc:
+                raise BrokerError(f"size of {queue} on {self.url} failed: {exc}") from exc
+        consumer = self._consumers.get(queue)
+        held = consumer.unsettled() if consumer is not None else 0
+        return max(0, lag - held)
+
+    def callq_purge(self, queue: str) -> int:
+        """Skip every waiting message: read through to the end and commit there.
+
+        Partitions this connection consumes are skipped by its own group member; the others by
+        a commit outside the group, which Kafka accepts only while no other process consumes
+        the queue (BrokerError otherwise).
+        """
+        topic = self._ensure_topic(queue)
+        consumer = self._consumers.get(queue)
+        skipped = 0
+        mine: set[TopicPartition] = set()
+        if consumer is not None:
+            skipped, mine = consumer.skip_to_end()
+        with self._lock:
+            try:
+                tool = self._tool(queue)
+                others = [tp for tp in self._partitions(tool, topic) if tp not in mine]
+                if not others:
+                    return skipped
+                tool.assign(others)
+                got = 0
+                while True:
+                    batch = tool.poll(timeout_ms=300, max_records=1000)
+                    if not batch:
+                        break
+                    got += sum(len(r) for r in batch.values())
+                offsets = {tp: OffsetAndMetadata(tool.position(tp), "", -1) for tp in others}
+                tool.commit(offsets)
+                tool.unsubscribe()
+            except KafkaError as exc:
+                raise BrokerError(
+                    f"purge of {queue} on {self.url} failed: {type(exc).__name__}: {exc}. Kafka lets only "
+                    "the members of a consumer group commit its offsets while it has any: purge from a "
+                    "connection that consumes the queue, or while no worker runs") from exc
+        return skipped + got
+
+    def callq_close(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return True
+            self._closed = True
+            consumers = list(self._consumers.values())
+            tools = list(self._tools.values())
+            self._consumers.clear()
+            self._tools.clear()
+        for consumer in consumers:
+            consumer.close()
+        for tool in tools:
+            try:
+                tool.close(autocommit=False)
+            except Exception as exc:  # noqa: BLE001
+                log.debug("closing a Kafka tool consumer: %s", exc)
+        try:
+            self._producer.close(timeout=self.publish_timeout)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("closing the Kafka producer of %s: %s", self.url, exc)
+        return True
