@@ -36,10 +36,10 @@ class _KafkaContract(BrokerContract):
 class TestTansuContract(_KafkaContract):
     @pytest.fixture
     def broker_url(self, tansu: Server) -> str:
-        return f"kafka://{tansu.bootstrap}/?session_timeout=4"
+        return f"kafka://{tansu.bootstrap}/?session_timeout=3"
 
 
 class TestKafka09Contract(_KafkaContract):
     @pytest.fixture
     def broker_url(self, kafka09: Server) -> str:
-        return f"kafka://{kafka09.bootstrap}/?api_version=0.9&session_timeout=4"
+        return f"kafka://{kafka09.bootstrap}/?api_version=0.9&session_timeout=3"

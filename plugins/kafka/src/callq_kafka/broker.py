@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from callq.broker import BrokerBase, Capabilities, Delivery
@@ -104,7 +104,7 @@ class KafkaBroker(BrokerBase):
             acks=True, persistent=True, distributed=True, backlog=True, native_delay=False,
             priority=False, exact_size=False, shared_state=False,
             # a dead member is dropped after session_timeout; the group then rebalances
-            redelivery_timeout=self.session_timeout + 6.0,
+            redelivery_timeout=self.session_timeout + 5.0,
         )
         self._common: dict[str, Any] = {
             "bootstrap_servers": self.hosts, "client_id": "callq",
@@ -128,7 +128,8 @@ class KafkaBroker(BrokerBase):
         session_ms = int(self.session_timeout * 1000)
         return {**self._common, "session_timeout_ms": session_ms,
                 "heartbeat_interval_ms": max(100, session_ms // 6),
-                "max_poll_interval_ms": max(session_ms, 60_000),
+                # before 0.10.1 the group has no separate rebalance timeout: both are the session timeout
+                "max_poll_interval_ms": session_ms if self.old else max(session_ms, 60_000),
                 "fetch_max_wait_ms": 200,
                 "max_partition_fetch_bytes": self.max_message_bytes + 65536}
 
@@ -238,13 +239,12 @@ class KafkaBroker(BrokerBase):
         return tool
 
     def _partitions(self, tool: KafkaConsumer, topic: str) -> list[TopicPartition]:
-        deadline = time.monotonic() + self.connect_timeout
+        """The topic's partitions; none if it does not exist (yet) after a short wait."""
+        deadline = time.monotonic() + 2.0
         while True:
             parts = tool.partitions_for_topic(topic)
-            if parts:
-                return [TopicPartition(topic, p) for p in sorted(parts)]
-            if time.monotonic() > deadline:
-                raise BrokerError(f"Kafka at {self.url} has no partitions for topic {topic}")
+            if parts or time.monotonic() > deadline:
+                return [TopicPartition(topic, p) for p in sorted(parts or ())]
             time.sleep(0.1)
 
     def callq_size(self, queue: str) -> int:
@@ -263,11 +263,12 @@ class KafkaBroker(BrokerBase):
         return max(0, lag - held)
 
     def callq_purge(self, queue: str) -> int:
-        """Skip every waiting message: read through to the end and commit there.
+        """Skip every waiting message: read through to the end and commit there (for the group).
 
         Partitions this connection consumes are skipped by its own group member; the others by
-        a commit outside the group, which Kafka accepts only while no other process consumes
-        the queue (BrokerError otherwise).
+        a commit from outside the group, which Kafka accepts only while the group has no
+        members; failing that, by a short-lived member of the group (which gets the partitions
+        of dead members, but not those of live consumers in other processes: BrokerError).
         """
         topic = self._ensure_topic(queue)
         consumer = self._consumers.get(queue)
@@ -289,13 +290,27 @@ class KafkaBroker(BrokerBase):
                         break
                     got += sum(len(r) for r in batch.values())
                 offsets = {tp: OffsetAndMetadata(tool.position(tp), "", -1) for tp in others}
-                tool.commit(offsets)
                 tool.unsubscribe()
+                tool.commit(offsets)
+                return skipped + got
+            except CommitFailedError:
+                pass  # the group has members (maybe dead ones not yet expired): join it below
             except KafkaError as exc:
-                raise BrokerError(
-                    f"purge of {queue} on {self.url} failed: {type(exc).__name__}: {exc}. Kafka lets only "
-                    "the members of a consumer group commit its offsets while it has any: purge from a "
-                    "connection that consumes the queue, or while no worker runs") from exc
+                raise BrokerError(f"purge of {queue} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
+        if consumer is not None:
+            raise BrokerError(f"purge of {queue} on {self.url}: partitions {sorted(tp.partition for tp in others)} "
+                              "belong to consumers in other processes; Kafka lets only a partition's owner "
+                              "commit it. Purge while no other worker consumes the queue")
+        temp = QueueConsumer(queue, topic, self.group_prefix + queue, self._consumer_config())
+        try:
+            got, theirs = temp.skip_to_end(join_timeout=self.session_timeout + 10.0)
+        finally:
+            temp.close()
+        missing = sorted(tp.partition for tp in others if tp not in theirs)
+        if missing:
+            raise BrokerError(f"purge of {queue} on {self.url}: partitions {missing} belong to consumers in "
+                              "other processes; Kafka lets only a partition's owner commit it. Purge while "
+                              "no other worker consumes the queue")
         return skipped + got
 
     def callq_close(self) -> bool:

@@ -28,6 +28,8 @@ log = logging.getLogger("callq.kafka")
 
 #: most seconds between two commits while fetching (a settled message is committed by then)
 COMMIT_EVERY = 0.5
+#: most seconds a heartbeat spends completing a rebalance this member takes part in
+JOIN_WAIT = 5.0
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -186,10 +188,7 @@ class QueueConsumer:
                 if assignment:
                     self.consumer.pause(*assignment)
                 try:
-                    # rejoins a rebalance; a partition assigned meanwhile is not paused: put back what it gave
-                    for tp, records in self.consumer.poll(timeout_ms=0, max_records=1).items():
-                        if records:
-                            self.consumer.seek(tp, records[0].offset)
+                    self._poll_paused()
                 finally:
                     assignment = self.consumer.assignment()
                     if assignment:
@@ -199,9 +198,19 @@ class QueueConsumer:
         finally:
             self._lock.release()
 
-    def position_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        with self._lock:
-            return self.consumer.end_offsets(partitions)
+    def _poll_paused(self) -> None:
+        """Poll without taking records: sends heartbeats' rejoin through (a join needs several polls).
+
+        A partition assigned meanwhile is not paused: what it gave is put back by a seek.
+        """
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        deadline = time.monotonic() + JOIN_WAIT
+        while True:
+            for tp, records in self.consumer.poll(timeout_ms=100, max_records=1).items():
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+            if coordinator is None or not coordinator.need_rejoin() or time.monotonic() > deadline:
+                return
 
     def close(self) -> None:
         with self._lock:
@@ -216,17 +225,18 @@ class QueueConsumer:
                 except Exception as exc:  # noqa: BLE001 - closing must not raise
                     log.warning("closing the consumer of %s: %s", self.topic, exc)
 
-    def skip_to_end(self) -> tuple[int, set[TopicPartition]]:
-        """Purge: read through our partitions, mark all of it settled, commit. (count, partitions)."""
+    def skip_to_end(self, join_timeout: float = 0.0) -> tuple[int, set[TopicPartition]]:
+        """Purge: read through our partitions, mark all of it settled, commit. (count, partitions).
+
+        ``join_timeout``: how long a consumer that has no partitions yet waits for its share.
+        """
         with self._lock:
             if self._closed:
                 return 0, set()
-            assignment = set(self.consumer.assignment())
+            deadline = time.monotonic() + join_timeout
             skipped = 0
-            while assignment:
+            while True:
                 batches = self.consumer.poll(timeout_ms=300, max_records=1000)
-                if not batches:
-                    break
                 with self._track:
                     for tp, records in batches.items():
                         plog = self._logs.get(tp.partition)
@@ -236,6 +246,7 @@ class QueueConsumer:
                             plog.delivered(rec.offset)
                             plog.settle(rec.offset)
                         skipped += len(records)
-                assignment = set(self.consumer.assignment())
+                if not batches and (self.consumer.assignment() or time.monotonic() > deadline):
+                    break
             self._commit(force=True)
-            return skipped, assignment
+            return skipped, set(self.consumer.assignment())

@@ -223,6 +223,8 @@ def start_kafka09(partitions: int = 4, timeout: float = 90.0) -> Server:
         "num.io.threads=2",
         "num.recovery.threads.per.data.dir=1",
         "log.cleaner.enable=false",
+        "message.max.bytes=5242880",  # the default (~1 MB) refuses the contract's 1 MB body with its JSON
+        "replica.fetch.max.bytes=5242880",
         "log.segment.bytes=104857600",
         "",
     ]))
