@@ -31,26 +31,35 @@ from .consumer import QueueConsumer
 
 log = logging.getLogger("callq.kafka")
 
-KNOWN_PARAMS = ("partitions", "replication", "api_version", "session_timeout", "group_prefix",
+KNOWN_PARAMS = ("bootstrap", "partitions", "replication", "api_version", "session_timeout", "group_prefix",
                 "connect_timeout", "publish_timeout", "max_message_bytes", "acks")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
 
 
 def parse_hosts(url: BrokerURL) -> list[str]:
-    """The bootstrap servers of ``kafka://h1:9092,h2:9092/`` (port 9092 when none is given)."""
+    """Bootstrap servers: the URL's host(s) plus ``?bootstrap=h2:9092,h3:9092`` (port 9092 by default).
+
+    ``kafka://h1,h2:9092/`` works too, but callq's URL parser refuses a port on every host of a
+    comma list, hence the ``bootstrap`` parameter.
+    """
     netloc = urlsplit(url.raw).netloc
     if "@" in netloc:
         raise ConfigError(f"broker URL {url}: callq-kafka takes no user or password (PLAINTEXT listeners only)")
+    parts = netloc.split(",")
+    if netloc and not re.search(r":\d+$", parts[-1]):
+        parts[-1] += ":9092"
+    port = parts[-1].rsplit(":", 1)[1] if netloc else "9092"
+    extra = url.query.get("bootstrap", "")
     hosts = []
-    for part in netloc.split(","):
+    for part in [*parts, *extra.split(",")]:
         part = part.strip()
         if not part:
             continue
         if not _HOST.match(part):
             raise ConfigError(f"broker URL {url}: bad bootstrap host {part!r}; expected host:port")
         if not re.search(r":\d+$", part) or part.endswith("]"):
-            part += ":9092"
+            part += f":{port}"
         if not 0 < int(part.rsplit(":", 1)[1]) < 65536:
             raise ConfigError(f"broker URL {url}: bad port in {part!r}")
         hosts.append(part)
@@ -250,6 +259,9 @@ class KafkaBroker(BrokerBase):
     def callq_size(self, queue: str) -> int:
         """Waiting messages: the group's lag (end offset - committed), less what this connection holds."""
         topic = self._ensure_topic(queue)
+        consumer = self._consumers.get(queue)
+        if consumer is not None:
+            consumer.heartbeat()  # commits what is settled
         with self._lock:
             try:
                 tool = self._tool(queue)
@@ -258,7 +270,6 @@ class KafkaBroker(BrokerBase):
                 lag = sum(max(0, ends[tp] - (tool.committed(tp) or 0)) for tp in tps)
             except KafkaError as exc:
                 raise BrokerError(f"size of {queue} on {self.url} failed: {exc}") from exc
-        consumer = self._consumers.get(queue)
         held = consumer.unsettled() if consumer is not None else 0
         return max(0, lag - held)
 
