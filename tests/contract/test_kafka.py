@@ -43,3 +43,11 @@ class TestKafka09Contract(_KafkaContract):
     @pytest.fixture
     def broker_url(self, kafka09: Server) -> str:
         return f"kafka://{kafka09.bootstrap}/?api_version=0.9&session_timeout=3"
+
+
+class TestTansuConfluentContract(_KafkaContract):
+    """``client=confluent``: publishing and requeueing through confluent-kafka (librdkafka)."""
+
+    @pytest.fixture
+    def broker_url(self, tansu: Server) -> str:
+        return f"kafka://{tansu.bootstrap}/?session_timeout=3&client=confluent"

@@ -14,8 +14,8 @@ from callq.testing import fresh_queue_name
 from callq.testing.contract import drain
 from callq.url import BrokerURL
 from callq_kafka.assignor import assign_partitions
-from callq_kafka.broker import parse_api_version, parse_hosts
 from callq_kafka.offsets import PartitionLog
+from callq_kafka.params import parse_api_version, parse_hosts
 from callq_kafka.testing import Server
 
 from .conftest import url_of

@@ -12,14 +12,12 @@ the runner holds delays.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -28,62 +26,13 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from .consumer import QueueConsumer
+from .params import parse_api_version, parse_hosts, topic_for
+from .producer import ConfluentProducer, KafkaPythonProducer
 
 log = logging.getLogger("callq.kafka")
 
-KNOWN_PARAMS = ("bootstrap", "partitions", "replication", "api_version", "session_timeout", "group_prefix",
+KNOWN_PARAMS = ("bootstrap", "client", "partitions", "replication", "api_version", "session_timeout", "group_prefix",
                 "connect_timeout", "publish_timeout", "max_message_bytes", "acks")
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$")
-
-
-def parse_hosts(url: BrokerURL) -> list[str]:
-    """Bootstrap servers: the URL's host(s) plus ``?bootstrap=h2:9092,h3:9092`` (port 9092 by default).
-
-    ``kafka://h1,h2:9092/`` works too, but callq's URL parser refuses a port on every host of a
-    comma list, hence the ``bootstrap`` parameter.
-    """
-    netloc = urlsplit(url.raw).netloc
-    if "@" in netloc:
-        raise ConfigError(f"broker URL {url}: callq-kafka takes no user or password (PLAINTEXT listeners only)")
-    parts = netloc.split(",")
-    if netloc and not re.search(r":\d+$", parts[-1]):
-        parts[-1] += ":9092"
-    port = parts[-1].rsplit(":", 1)[1] if netloc else "9092"
-    extra = url.query.get("bootstrap", "")
-    hosts = []
-    for part in [*parts, *extra.split(",")]:
-        part = part.strip()
-        if not part:
-            continue
-        if not _HOST.match(part):
-            raise ConfigError(f"broker URL {url}: bad bootstrap host {part!r}; expected host:port")
-        if not re.search(r":\d+$", part) or part.endswith("]"):
-            part += f":{port}"
-        if not 0 < int(part.rsplit(":", 1)[1]) < 65536:
-            raise ConfigError(f"broker URL {url}: bad port in {part!r}")
-        hosts.append(part)
-    return hosts or ["localhost:9092"]
-
-
-def parse_api_version(url: BrokerURL) -> tuple[int, ...] | None:
-    raw = url.query.get("api_version", "auto")
-    if raw == "auto":
-        return None
-    try:
-        version = tuple(int(x) for x in raw.split("."))
-    except ValueError:
-        version = ()
-    if not 1 < len(version) < 4:
-        raise ConfigError(f"broker URL {url}: api_version={raw!r} must be 'auto' or a version like 0.9 or 2.8")
-    return version
-
-
-def topic_for(queue: str) -> str:
-    if not _TOPIC.match(queue):
-        raise ConfigError(f"queue name {queue!r} is not a valid Kafka topic name "
-                          "(letters, digits, '.', '_', '-'; at most 249)")
-    return queue
 
 
 class KafkaBroker(BrokerBase):
@@ -127,9 +76,16 @@ class KafkaBroker(BrokerBase):
         self._tools: dict[str, KafkaConsumer] = {}
         self._topics: set[str] = set()
         self._closed = False
+        self.client = url.str_param("client", "kafka-python", choices=("kafka-python", "confluent"))
+        self._producer: KafkaPythonProducer | ConfluentProducer
         try:
-            self._producer = KafkaProducer(acks=-1 if acks == "all" else 1, linger_ms=1,
-                                           max_request_size=self.max_message_bytes, **self._common)
+            if self.client == "confluent":
+                if self.api_version is not None and self.api_version < (0, 10):
+                    raise ConfigError(f"broker URL {url}: client=confluent does not work with Kafka "
+                                      f"{url.query['api_version']} (librdkafka cannot read its metadata)")
+                self._producer = ConfluentProducer(self.hosts, acks, self.max_message_bytes)
+            else:
+                self._producer = KafkaPythonProducer(self._common, acks, self.max_message_bytes)
         except KafkaError as exc:
             raise BrokerError(f"cannot connect to Kafka at {url}: {exc}") from exc
 
@@ -174,12 +130,9 @@ class KafkaBroker(BrokerBase):
             return 0
         topic = self._ensure_topic(queue)
         try:
-            futures = [self._producer.send(topic, body) for body in bodies]
-            self._producer.flush(timeout=self.publish_timeout)
-            for fut in futures:
-                fut.get(timeout=self.publish_timeout)
-        except KafkaError as exc:
-            raise BrokerError(f"publish to {queue} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
+            self._producer.send(topic, bodies, self.publish_timeout)
+        except BrokerError as exc:
+            raise BrokerError(f"{exc} (on {self.url})") from exc
         return len(bodies)
 
     def _consumer(self, queue: str) -> QueueConsumer:
