@@ -25,10 +25,3 @@ def kafka09() -> Iterator[Server]:
 def server(request: pytest.FixtureRequest) -> Server:
     """Each of the two servers in turn."""
     return request.getfixturevalue(request.param)
-
-
-def url_of(server: Server, **params: object) -> str:
-    query = {"session_timeout": 3, **params}
-    if server.name == "kafka09":
-        query["api_version"] = "0.9"
-    return f"kafka://{server.bootstrap}/?" + "&".join(f"{k}={v}" for k, v in query.items())

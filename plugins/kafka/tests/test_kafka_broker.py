@@ -18,8 +18,6 @@ from callq_kafka.offsets import PartitionLog
 from callq_kafka.params import parse_api_version, parse_hosts
 from callq_kafka.testing import Server
 
-from .conftest import url_of
-
 # --- pure parts -----------------------------------------------------------------------------------
 
 
@@ -53,18 +51,21 @@ def test_watermark_with_gaps_in_offsets() -> None:
     assert log.mark == 9
 
 
-def test_assignor_pins_busy_partitions_and_balances_the_rest() -> None:
+def test_assignor_keeps_busy_partitions_within_balanced_shares() -> None:
     got = assign_partitions(range(6), {"b": {0, 1, 2}, "a": set()})
     assert got == {"a": [3, 4, 5], "b": [0, 1, 2]}
     got = assign_partitions(range(4), {"a": set(), "b": set()})
     assert sorted(len(v) for v in got.values()) == [2, 2]
     assert sorted(p for v in got.values() for p in v) == [0, 1, 2, 3]
+    # a member busy on every partition keeps only its share: a new member is never starved
+    got = assign_partitions(range(4), {"busy": {0, 1, 2, 3}, "new": set()})
+    assert len(got["busy"]) == 2 and len(got["new"]) == 2
     # a partition claimed twice (a member kicked out and back) goes to one member only
     got = assign_partitions(range(2), {"a": {0}, "b": {0}})
     assert sorted(p for v in got.values() for p in v) == [0, 1]
     # more members than partitions: some get nothing (partitions bound the parallelism)
-    got = assign_partitions(range(2), {"a": set(), "b": set(), "c": set()})
-    assert sorted(len(v) for v in got.values()) == [0, 1, 1]
+    got = assign_partitions(range(2), {"a": set(), "b": set(), "c": {1}})
+    assert sorted(len(v) for v in got.values()) == [0, 1, 1] and got["c"] == [1]
 
 
 def test_url_hosts_and_versions() -> None:
@@ -92,7 +93,7 @@ def test_bad_urls_are_config_errors(url: str, words: str) -> None:
 
 
 def test_bad_queue_name_is_a_config_error(tansu: Server) -> None:
-    conn = Connection(url_of(tansu))
+    conn = Connection(tansu.url_with())
     try:
         with pytest.raises(ConfigError, match="not a valid Kafka topic name"):
             conn.publish("no spaces/here", [b"x"])
@@ -114,7 +115,7 @@ def committed(server: Server, queue: str, partitions: set[int]) -> dict[int, int
 
 def test_commit_is_the_per_partition_watermark(server: Server) -> None:
     queue = fresh_queue_name("cq-kafka-wm")
-    conn = Connection(url_of(server))
+    conn = Connection(server.url_with())
     try:
         conn.publish(queue, [f"w{i}".encode() for i in range(40)])
         got = drain(conn, queue, 40, ack=False)
@@ -139,9 +140,9 @@ def test_commit_is_the_per_partition_watermark(server: Server) -> None:
 
 
 def test_rebalance_keeps_in_flight_and_loses_nothing(server: Server) -> None:
-    """Two consumers; the first holds some messages while the second joins, then leaves."""
+    """Two consumers; the first holds messages of two partitions while the second joins, then leaves."""
     queue = fresh_queue_name("cq-kafka-rb")
-    url = url_of(server)
+    url = server.url_with()
     producer, first, second = Connection(url), Connection(url), Connection(url)
     bodies = [f"r{i}".encode() for i in range(200)]
     seen: Counter[bytes] = Counter()
@@ -149,16 +150,20 @@ def test_rebalance_keeps_in_flight_and_loses_nothing(server: Server) -> None:
         producer.publish(queue, bodies)
         taken = drain(first, queue, 60, ack=False, batch=20)
         assert len(taken) == 60
-        done, holding = taken[:40], taken[40:]
+        kept = sorted({d.tag[0] for d in taken})[:2]  # its share of 4 partitions with 2 consumers
+        holding = [d for d in taken if d.tag[0] in kept]
+        done = [d for d in taken if d.tag[0] not in kept]
         first.ack(done)
         seen.update(d.body for d in done)
-        # the second consumer joins: the first keeps the partitions it has messages in flight on
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline:
+        # the second joins and gets the other two partitions; the first keeps the ones it is busy on
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(seen) < len(bodies) // 3:
             first.heartbeat()
             got = second.fetch(queue, 50, 0.5)
+            assert {d.tag[0] for d in got}.isdisjoint(kept), "a live consumer's busy partition moved"
             second.ack(got)
             seen.update(d.body for d in got)
+        assert len(seen) >= len(bodies) // 3, "the second consumer got no share"
         assert not {d.body for d in holding} & set(seen), "a live consumer's in-flight message was redelivered"
         first.ack(holding)
         seen.update(d.body for d in holding)
@@ -174,7 +179,7 @@ def test_rebalance_keeps_in_flight_and_loses_nothing(server: Server) -> None:
 
 def test_purge_skips_waiting_messages_for_the_group(server: Server) -> None:
     queue = fresh_queue_name("cq-kafka-purge")
-    conn = Connection(url_of(server))
+    conn = Connection(server.url_with())
     try:
         conn.publish(queue, [b"p"] * 30)
         assert conn.purge(queue) == 30
@@ -189,7 +194,7 @@ def test_purge_skips_waiting_messages_for_the_group(server: Server) -> None:
 def test_size_counts_the_groups_lag(kafka09: Server) -> None:
     """On Apache Kafka the lag is exact while nothing is in flight (Tansu's end offsets are not)."""
     queue = fresh_queue_name("cq-kafka-size")
-    conn = Connection(url_of(kafka09))
+    conn = Connection(kafka09.url_with())
     try:
         for _ in range(3):
             conn.publish(queue, [b"s"] * 5)
@@ -203,7 +208,7 @@ def test_size_counts_the_groups_lag(kafka09: Server) -> None:
 
 def test_partitions_param_creates_topics_with_that_many(tansu: Server) -> None:
     queue = fresh_queue_name("cq-kafka-parts")
-    conn = Connection(url_of(tansu, partitions=3))
+    conn = Connection(tansu.url_with(partitions=3))
     try:
         conn.publish(queue, [b"x"])
         raw = KafkaConsumer(bootstrap_servers=tansu.bootstrap)

@@ -9,12 +9,10 @@ import pytest
 from callq.testing.crash import run_crash_test
 from callq_kafka.testing import Server
 
-from .conftest import url_of
-
 
 @pytest.mark.slow
 def test_kafka_kill_9_twice_loses_nothing(server: Server, tmp_path: Path) -> None:
-    report = run_crash_test(url_of(server), calls=2000, kills=2, workdir=tmp_path, timeout=120)
+    report = run_crash_test(server.url_with(), calls=2000, kills=2, workdir=tmp_path, timeout=120)
     print(f"kafka ({server.name}): {report}")
     assert report.lost == 0, report
     assert report.ran_unique == 2000

@@ -5,10 +5,11 @@ partition whose messages are still running on member A may go to member B, which
 fetches them again from the committed offset: a duplicate while A is alive and well.
 
 Here each member says, in its JoinGroup user data, which partitions hold its unsettled
-deliveries ("busy"); the group leader keeps those where they are and spreads the rest
-evenly. So the group membership is the lease: a live member (whose heartbeats keep it in
-the group) keeps its in-flight messages; a dead one is dropped after ``session_timeout``
-and its partitions, read again from the committed watermark, go to the others.
+deliveries ("busy"); the group leader gives every member an even share and fills each
+share with the member's own busy partitions first. So the group membership is the lease:
+a live member (whose heartbeats keep it in the group) keeps its in-flight messages as long
+as they fit its share; a dead one is dropped after ``session_timeout`` and its partitions,
+read again from the committed watermark, go to the others.
 Every member of a group must use this assignor (callq's consumers all do).
 """
 
@@ -31,23 +32,33 @@ NAME = "callq-inflight"
 
 
 def assign_partitions(partitions: Iterable[int], members: dict[str, set[int]]) -> dict[str, list[int]]:
-    """Pin each member's busy partitions, then balance the others (pure; members by id -> busy)."""
+    """Balanced shares; within its share a member keeps its busy partitions (pure; id -> busy).
+
+    Every member gets ``n // m`` or ``n // m + 1`` partitions, the larger shares going to the
+    members with the most busy partitions. A member keeps as many of its busy partitions as its
+    share holds; busy partitions beyond it move (their unsettled messages are fetched again by
+    the new owner), so a new consumer always gets its share, even from a busy group.
+    """
     parts = sorted(set(partitions))
-    order = sorted(members)
+    claims = {m: {p for p in busy if p in parts} for m, busy in members.items()}
+    order = sorted(claims, key=lambda m: (-len(claims[m]), m))
     out: dict[str, list[int]] = {m: [] for m in order}
     if not order:
         return out
+    base, extra = divmod(len(parts), len(order))
+    share = {m: base + (1 if i < extra else 0) for i, m in enumerate(order)}
     owner: dict[int, str] = {}
-    for m in order:  # a partition claimed by two members (after a kick-out) goes to the first
-        for p in sorted(members[m]):
-            if p in parts and p not in owner:
+    for m in order:  # a partition claimed twice (after a kick-out) goes to the first
+        for p in sorted(claims[m]):
+            if len(out[m]) < share[m] and p not in owner:
                 owner[p] = m
                 out[m].append(p)
     for p in parts:
         if p not in owner:
-            m = min(order, key=lambda k: (len(out[k]), order.index(k)))
+            m = next(k for k in order if len(out[k]) < share[k])
+            owner[p] = m
             out[m].append(p)
-    return {m: sorted(ps) for m, ps in out.items()}
+    return {m: sorted(ps) for m, ps in sorted(out.items())}
 
 
 class InflightAssignor(AbstractPartitionAssignor):

@@ -83,6 +83,17 @@ class Server:
         extra = f"?{KAFKA09_PARAMS}" if self.name == "kafka09" else ""
         return f"kafka://{self.bootstrap}/{extra}"
 
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port and data (Kafka 0.9 only)."""
+        raise ServerError(f"{self.name} cannot be restarted (its storage is in memory)")
+
+    def url_with(self, **params: object) -> str:
+        """A ``kafka://`` URL with these parameters (``session_timeout=3`` unless given)."""
+        query: dict[str, object] = {"session_timeout": 3, **params}
+        if self.name == "kafka09":
+            query["api_version"] = "0.9"
+        return f"kafka://{self.bootstrap}/?" + "&".join(f"{k}={v}" for k, v in query.items())
+
     def stop(self) -> None:
         for proc in reversed(self.procs):  # Kafka before ZooKeeper
             if proc.poll() is None:
@@ -236,6 +247,16 @@ def start_kafka09(partitions: int = 4, timeout: float = 90.0) -> Server:
     server.procs.append(_spawn([*jvm, "kafka.Kafka", str(kafka_conf)], kafka_log, workdir))
     server.logs.append(kafka_log)
     _wait(server, kafka_port, timeout, ready="], started")
+
+    def restart() -> None:
+        proc = server.procs.pop()
+        os.killpg(proc.pid, signal.SIGTERM)  # a clean shutdown, as an operator's restart
+        proc.wait(30)
+        kafka_log.write_bytes(b"")
+        server.procs.append(_spawn([*jvm, "kafka.Kafka", str(kafka_conf)], kafka_log, workdir))
+        _wait(server, kafka_port, timeout, ready="], started")
+
+    server.restart = restart  # type: ignore[method-assign]
     return server
 
 
