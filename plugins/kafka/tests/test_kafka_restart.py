@@ -20,13 +20,17 @@ def test_messages_and_commits_survive_a_kafka_restart() -> None:
         conn.publish(queue, bodies)
         first = drain(conn, queue, 8, batch=8)
         conn.close()  # commits the 8 settled ones
+        publisher = Connection(server.url_with())
+        publisher.publish(queue, [b"before"])
         server.restart()
         again = Connection(server.url_with())
         try:
-            rest = drain(again, queue, 12, timeout=30)
-            assert sorted(d.body for d in first + rest) == sorted(bodies)
+            publisher.publish(queue, [b"after"])  # the same connection goes on after the restart
+            rest = drain(again, queue, 14, timeout=30)
+            assert sorted(d.body for d in first + rest) == sorted([*bodies, b"before", b"after"])
             assert again.fetch(queue, 10, 1.0) == [], "settled messages came back: commits were lost"
         finally:
             again.close()
+            publisher.close()
     finally:
         server.stop()
