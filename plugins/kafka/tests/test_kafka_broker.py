@@ -24,7 +24,8 @@ from callq_kafka.testing import Server
 def test_watermark_moves_only_past_settled_offsets() -> None:
     log = PartitionLog()
     for offset in range(10, 15):
-        log.delivered(offset)
+        assert log.delivered(offset)
+    assert log.delivered(11) is False, "in flight already"
     assert log.mark == 10 and log.busy
     log.settle(12)
     log.settle(11)
@@ -36,6 +37,7 @@ def test_watermark_moves_only_past_settled_offsets() -> None:
     log.settle(13)
     assert log.mark == 15 and not log.busy
     assert log.settle(99) is False, "an offset we never delivered is not ours"
+    assert log.delivered(12) is False, "settled already: not delivered again"
     assert log.next_fetch == 15
 
 

@@ -171,8 +171,10 @@ class QueueConsumer:
                     if plog is None:
                         plog = self._logs[tp.partition] = PartitionLog()
                     for rec in records:
-                        plog.delivered(rec.offset)
-                        out.append(Delivery(rec.value, self.queue, (tp.partition, rec.offset)))
+                        # a partition kept over a rebalance restarts at its commit until our seek
+                        # lands: what we delivered already is not delivered twice
+                        if plog.delivered(rec.offset):
+                            out.append(Delivery(rec.value, self.queue, (tp.partition, rec.offset)))
             return out
 
     def heartbeat(self) -> None:

@@ -21,11 +21,14 @@ class PartitionLog:
         self._mark: int | None = None  # every offset below is settled; None before any delivery
         self.committed: int | None = None  # the last commit point sent to Kafka
 
-    def delivered(self, offset: int) -> None:
-        if offset not in self._pending and (self._mark is None or offset >= self._mark):
-            self._pending[offset] = False
-            if self._mark is None:
-                self._mark = offset
+    def delivered(self, offset: int) -> bool:
+        """Record a delivery; False if ``offset`` is already ours (in flight or settled)."""
+        if offset in self._pending or (self._mark is not None and offset < self._mark):
+            return False
+        self._pending[offset] = False
+        if self._mark is None:
+            self._mark = offset
+        return True
 
     def settle(self, offset: int) -> bool:
         """Mark ``offset`` settled; False if it is not one of ours (an old or unknown delivery)."""
