@@ -9,7 +9,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from callq.broker import Connection, Delivery
-from callq.errors import ConfigError
+from callq.errors import BrokerError, ConfigError
 from callq.testing import fresh_queue_name
 from callq.testing.contract import drain
 from callq.url import BrokerURL
@@ -92,6 +92,26 @@ def test_bad_urls_are_config_errors(url: str, words: str) -> None:
     with pytest.raises(ConfigError, match=words) as info:
         Connection(url)
     assert "secret" not in str(info.value)
+
+
+def test_no_server_is_a_broker_error_with_a_hint() -> None:
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="cannot connect to Kafka.*api_version=0.9"):
+        Connection("kafka://127.0.0.1:1/?connect_timeout=1")
+    assert time.monotonic() - started < 15
+
+
+def test_auto_api_version_detects_kafka_09(kafka09: Server) -> None:
+    conn = Connection(f"kafka://{kafka09.bootstrap}/?connect_timeout=2")
+    try:
+        assert conn.broker.api_version == (0, 9)  # type: ignore[attr-defined]
+        queue = fresh_queue_name("cq-kafka-auto")
+        conn.publish(queue, [b"x"])
+        assert [d.body for d in drain(conn, queue, 1)] == [b"x"]
+    finally:
+        conn.close()
+    with pytest.raises(ConfigError, match="no CreateTopics"):
+        Connection(f"kafka://{kafka09.bootstrap}/?connect_timeout=2&partitions=8")
 
 
 def test_bad_queue_name_is_a_config_error(tansu: Server) -> None:

@@ -12,6 +12,7 @@ the runner holds delays.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -48,10 +49,7 @@ class KafkaBroker(BrokerBase):
         self.old = self.api_version is not None and self.api_version < (0, 10, 1)
         self.partitions = url.int_param("partitions", 4, minimum=1)
         self.replication = url.int_param("replication", 1, minimum=1)
-        if self.old and ("partitions" in url.query or "replication" in url.query):
-            raise ConfigError(f"broker URL {url}: Kafka {url.query['api_version']} has no CreateTopics API; "
-                              "topics are auto-created with the server's num.partitions and "
-                              "default.replication.factor, so partitions= and replication= cannot apply")
+        self._check_old()
         self.session_timeout = url.float_param("session_timeout", 6.0, minimum=1.0)
         self.group_prefix = url.str_param("group_prefix", "callq.")
         self.connect_timeout = url.float_param("connect_timeout", 10.0, minimum=0.1)
@@ -77,17 +75,45 @@ class KafkaBroker(BrokerBase):
         self._topics: set[str] = set()
         self._closed = False
         self.client = url.str_param("client", "kafka-python", choices=("kafka-python", "confluent"))
-        self._producer: KafkaPythonProducer | ConfluentProducer
+        self._producer = self._open_producer(acks)
+
+    def _check_old(self) -> None:
+        if self.old and ("partitions" in self.url.query or "replication" in self.url.query):
+            raise ConfigError(f"broker URL {self.url}: Kafka before 0.10.1 has no CreateTopics API; "
+                              "topics are auto-created with the server's num.partitions and "
+                              "default.replication.factor, so partitions= and replication= cannot apply")
+
+    def _open_producer(self, acks: str) -> KafkaPythonProducer | ConfluentProducer:
+        if self.client == "confluent":
+            if self.api_version is not None and self.api_version < (0, 10):
+                raise ConfigError(f"broker URL {self.url}: client=confluent does not work with Kafka "
+                                  f"{self.url.query['api_version']} (librdkafka cannot read its metadata)")
+            return ConfluentProducer(self.hosts, acks, self.max_message_bytes)
         try:
-            if self.client == "confluent":
-                if self.api_version is not None and self.api_version < (0, 10):
-                    raise ConfigError(f"broker URL {url}: client=confluent does not work with Kafka "
-                                      f"{url.query['api_version']} (librdkafka cannot read its metadata)")
-                self._producer = ConfluentProducer(self.hosts, acks, self.max_message_bytes)
-            else:
-                self._producer = KafkaPythonProducer(self._common, acks, self.max_message_bytes)
+            return KafkaPythonProducer(self._common, acks, self.max_message_bytes)
         except KafkaError as exc:
-            raise BrokerError(f"cannot connect to Kafka at {url}: {exc}") from exc
+            if self.api_version is not None:
+                raise BrokerError(f"cannot connect to Kafka at {self.url}: {exc}") from exc
+            first = exc
+        # api_version=auto asks the server for its versions (ApiVersions, Kafka >= 0.10), which
+        # Kafka 0.9 answers by closing the connection: try once more speaking 0.9
+        try:
+            if not any(_reachable(host, self.connect_timeout) for host in self.hosts):
+                raise first  # nothing listens: not a version question
+            producer = KafkaPythonProducer({**self._common, "api_version": (0, 9)}, acks, self.max_message_bytes)
+        except KafkaError:
+            raise BrokerError(f"cannot connect to Kafka at {self.url}: {first} (if the server is older than "
+                              "0.10, add api_version=0.9 to the URL)") from first
+        log.info("Kafka at %s answers only the 0.9 protocol: using api_version=0.9", self.url)
+        self.api_version = (0, 9)
+        self._common["api_version"] = self.api_version
+        self.old = True
+        try:
+            self._check_old()
+        except ConfigError:
+            producer.close(1.0)
+            raise
+        return producer
 
     def _consumer_config(self) -> dict[str, Any]:
         session_ms = int(self.session_timeout * 1000)
@@ -200,11 +226,23 @@ class KafkaBroker(BrokerBase):
             self._tools[queue] = tool
         return tool
 
-    def _partitions(self, tool: KafkaConsumer, topic: str) -> list[TopicPartition]:
-        """The topic's partitions; none if it does not exist (yet) after a short wait."""
+    def _partitions(self, queue: str, tool: KafkaConsumer, topic: str) -> list[TopicPartition]:
+        """The topic's partitions; none if it does not exist (yet) after a short wait.
+
+        kafka-python waits for metadata without a timeout: the wait runs on a helper thread,
+        and a server that does not answer within ``connect_timeout`` is a BrokerError.
+        """
+        found: list[set[int] | None] = []
         deadline = time.monotonic() + 2.0
         while True:
-            parts = tool.partitions_for_topic(topic)
+            worker = threading.Thread(target=lambda: found.append(tool.partitions_for_topic(topic)), daemon=True)
+            worker.start()
+            worker.join(self.connect_timeout)
+            if worker.is_alive():
+                self._tools.pop(queue, None)  # left to its thread; a fresh one next time
+                raise BrokerError(f"Kafka at {self.url} sent no metadata for {topic} within "
+                                  f"{self.connect_timeout:.0f}s")
+            parts = found.pop()
             if parts or time.monotonic() > deadline:
                 return [TopicPartition(topic, p) for p in sorted(parts or ())]
             time.sleep(0.1)
@@ -218,7 +256,7 @@ class KafkaBroker(BrokerBase):
         with self._lock:
             try:
                 tool = self._tool(queue)
-                tps = self._partitions(tool, topic)
+                tps = self._partitions(queue, tool, topic)
                 ends = tool.end_offsets(tps)
                 lag = sum(max(0, ends[tp] - (tool.committed(tp) or 0)) for tp in tps)
             except KafkaError as exc:
@@ -243,7 +281,7 @@ class KafkaBroker(BrokerBase):
         with self._lock:
             try:
                 tool = self._tool(queue)
-                others = [tp for tp in self._partitions(tool, topic) if tp not in mine]
+                others = [tp for tp in self._partitions(queue, tool, topic) if tp not in mine]
                 if not others:
                     return skipped
                 tool.assign(others)
@@ -298,3 +336,12 @@ class KafkaBroker(BrokerBase):
         except Exception as exc:  # noqa: BLE001
             log.warning("closing the Kafka producer of %s: %s", self.url, exc)
         return True
+
+
+def _reachable(host: str, timeout: float) -> bool:
+    name, _, port = host.rpartition(":")
+    try:
+        with socket.create_connection((name.strip("[]"), int(port)), timeout=min(timeout, 3.0)):
+            return True
+    except OSError:
+        return False
