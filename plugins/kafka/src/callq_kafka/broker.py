@@ -14,18 +14,17 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
+from .admin import QueueAdmin
 from .consumer import QueueConsumer
 from .params import parse_api_version, parse_hosts, topic_for
 from .producer import ConfluentProducer, KafkaPythonProducer
@@ -36,7 +35,7 @@ KNOWN_PARAMS = ("bootstrap", "client", "partitions", "replication", "api_version
                 "connect_timeout", "publish_timeout", "max_message_bytes", "acks")
 
 
-class KafkaBroker(BrokerBase):
+class KafkaBroker(QueueAdmin, BrokerBase):
     """A callq broker on a Kafka cluster (thread-safe)."""
 
     heartbeat_interval = 1.0  # commits settled offsets and answers rebalances while the runner is busy
@@ -214,106 +213,6 @@ class KafkaBroker(BrokerBase):
             except KafkaError as exc:
                 log.warning("Kafka heartbeat of %s on %s: %s", consumer.queue, self.url, exc)
         return 0  # Kafka itself hands a dead member's partitions to the others
-
-    # --- size and purge --------------------------------------------------------------------------
-
-    def _tool(self, queue: str) -> KafkaConsumer:
-        """A consumer outside the group (no subscription) for offsets of the queue's group."""
-        tool = self._tools.get(queue)
-        if tool is None:
-            tool = KafkaConsumer(group_id=self.group_prefix + queue, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", **self._consumer_config())
-            self._tools[queue] = tool
-        return tool
-
-    def _partitions(self, queue: str, tool: KafkaConsumer, topic: str) -> list[TopicPartition]:
-        """The topic's partitions; none if it does not exist (yet) after a short wait.
-
-        kafka-python waits for metadata without a timeout: the wait runs on a helper thread,
-        and a server that does not answer within ``connect_timeout`` is a BrokerError.
-        """
-        found: list[set[int] | None] = []
-        deadline = time.monotonic() + 2.0
-        while True:
-            worker = threading.Thread(target=lambda: found.append(tool.partitions_for_topic(topic)), daemon=True)
-            worker.start()
-            worker.join(self.connect_timeout)
-            if worker.is_alive():
-                self._tools.pop(queue, None)  # left to its thread; a fresh one next time
-                raise BrokerError(f"Kafka at {self.url} sent no metadata for {topic} within "
-                                  f"{self.connect_timeout:.0f}s")
-            parts = found.pop()
-            if parts or time.monotonic() > deadline:
-                return [TopicPartition(topic, p) for p in sorted(parts or ())]
-            time.sleep(0.1)
-
-    def callq_size(self, queue: str) -> int:
-        """Waiting messages: the group's lag (end offset - committed), less what this connection holds."""
-        topic = self._ensure_topic(queue)
-        consumer = self._consumers.get(queue)
-        if consumer is not None:
-            consumer.heartbeat()  # commits what is settled
-        with self._lock:
-            try:
-                tool = self._tool(queue)
-                tps = self._partitions(queue, tool, topic)
-                ends = tool.end_offsets(tps)
-                lag = sum(max(0, ends[tp] - (tool.committed(tp) or 0)) for tp in tps)
-            except KafkaError as exc:
-                raise BrokerError(f"size of {queue} on {self.url} failed: {exc}") from exc
-        held = consumer.unsettled() if consumer is not None else 0
-        return max(0, lag - held)
-
-    def callq_purge(self, queue: str) -> int:
-        """Skip every waiting message: read through to the end and commit there (for the group).
-
-        Partitions this connection consumes are skipped by its own group member; the others by
-        a commit from outside the group, which Kafka accepts only while the group has no
-        members; failing that, by a short-lived member of the group (which gets the partitions
-        of dead members, but not those of live consumers in other processes: BrokerError).
-        """
-        topic = self._ensure_topic(queue)
-        consumer = self._consumers.get(queue)
-        skipped = 0
-        mine: set[TopicPartition] = set()
-        if consumer is not None:
-            skipped, mine = consumer.skip_to_end()
-        with self._lock:
-            try:
-                tool = self._tool(queue)
-                others = [tp for tp in self._partitions(queue, tool, topic) if tp not in mine]
-                if not others:
-                    return skipped
-                tool.assign(others)
-                got = 0
-                while True:
-                    batch = tool.poll(timeout_ms=300, max_records=1000)
-                    if not batch:
-                        break
-                    got += sum(len(r) for r in batch.values())
-                offsets = {tp: OffsetAndMetadata(tool.position(tp), "", -1) for tp in others}
-                tool.unsubscribe()
-                tool.commit(offsets)
-                return skipped + got
-            except CommitFailedError:
-                pass  # the group has members (maybe dead ones not yet expired): join it below
-            except KafkaError as exc:
-                raise BrokerError(f"purge of {queue} on {self.url} failed: {type(exc).__name__}: {exc}") from exc
-        if consumer is not None:
-            raise BrokerError(f"purge of {queue} on {self.url}: partitions {sorted(tp.partition for tp in others)} "
-                              "belong to consumers in other processes; Kafka lets only a partition's owner "
-                              "commit it. Purge while no other worker consumes the queue")
-        temp = QueueConsumer(queue, topic, self.group_prefix + queue, self._consumer_config())
-        try:
-            got, theirs = temp.skip_to_end(join_timeout=self.session_timeout + 10.0)
-        finally:
-            temp.close()
-        missing = sorted(tp.partition for tp in others if tp not in theirs)
-        if missing:
-            raise BrokerError(f"purge of {queue} on {self.url}: partitions {missing} belong to consumers in "
-                              "other processes; Kafka lets only a partition's owner commit it. Purge while "
-                              "no other worker consumes the queue")
-        return skipped + got
 
     def callq_close(self) -> bool:
         with self._lock:
