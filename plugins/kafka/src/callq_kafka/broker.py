@@ -1,4 +1,4 @@
-"""``kafka://host:9092[,host2:9092]/``: callq queues on Kafka topics (kafka-python).
+"""``kafka://host:9092/?bootstrap=host2:9092``: callq queues on Kafka topics (kafka-python).
 
 A queue is a topic; its consumers form the consumer group ``<group_prefix><queue>``, so each
 message goes to one consumer of the queue and partitions bound the parallelism across

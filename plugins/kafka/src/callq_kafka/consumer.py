@@ -48,7 +48,7 @@ class _Listener(AsyncConsumerRebalanceListener):
                 await commit(offsets)
                 self.owner.committed(offsets)
             except Exception as exc:  # noqa: BLE001 - the next owner redelivers from the last commit
-                log.warning("commit before rebalance of %s failed: %s", self.owner.topic, exc)
+                log.info("commit before rebalance of %s failed: %s", self.owner.topic, exc)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.owner.assigned({tp.partition for tp in assigned})
