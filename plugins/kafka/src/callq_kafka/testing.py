@@ -16,6 +16,7 @@ or the context manager :func:`running`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -287,6 +288,16 @@ def release(kind: str) -> None:
             return
         del _servers[kind]
     server.stop()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Servers still acquired when the process ends (a release that never ran) are stopped."""
+    with _lock:
+        servers = [server for server, _ in _servers.values()]
+        _servers.clear()
+    for server in servers:
+        server.stop()
 
 
 @contextlib.contextmanager
