@@ -65,9 +65,9 @@ def test_url_bad_values_are_clear():
 
 def test_unknown_scheme_lists_installed_and_names_distribution():
     with pytest.raises(BrokerNotFound) as info:
-        callq.Connection("kafka://localhost:9092")
+        callq.Connection("zmq://localhost:5555")
     text = str(info.value)
-    assert "pip install callq-kafka" in text
+    assert "pip install callq-zeromq" in text
     assert "memory" in text
 
 
