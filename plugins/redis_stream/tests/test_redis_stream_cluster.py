@@ -1,4 +1,5 @@
-"""callq-redis-stream on a local 6-node Redis Cluster: contract, kill -9, a master killed mid-run."""
+"""callq-redis-stream on a local 6-node Redis Cluster (contract, kill -9, a master killed mid-run)
+and through Sentinel."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from callq.broker import Connection
 from callq.message import encode, new_meta
 from callq.testing import BrokerContract, fresh_queue_name
 from callq.testing.crash import run_crash_test
-from callq_redis.local import LocalCluster, wait_replicas_synced
+from callq_redis.local import LocalCluster, LocalSentinelGroup, wait_replicas_synced
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,18 @@ def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp
             redis_cluster.restart(master)
         redis_cluster.wait_ok()
         wait_replicas_synced(redis_cluster, redis_cluster.ports)
+
+
+def test_round_trip_through_sentinel(redis_sentinel: LocalSentinelGroup) -> None:
+    conn = Connection(redis_sentinel.url(scheme="redis+stream+sentinel", prefix=f"cqss-{uuid.uuid4().hex[:8]}"))
+    queue = fresh_queue_name()
+    try:
+        conn.publish(queue, [b"a", b"b"])
+        got = conn.fetch(queue, 5, 1.0)
+        assert sorted(d.body for d in got) == [b"a", b"b"]
+        conn.ack(got)
+        assert conn.size(queue) == 0
+        _, port = conn.broker.client.connection_pool.get_master_address()
+        assert int(port) == redis_sentinel.master_port()
+    finally:
+        conn.close()
