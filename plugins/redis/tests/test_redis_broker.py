@@ -222,3 +222,30 @@ def test_batched_fetch_takes_many_per_round_trip(prefix: str) -> None:
         assert conn.size(queue) == 0
     finally:
         conn.close()
+
+
+def test_a_claim_retried_after_a_lost_reply_loses_nothing(prefix: str) -> None:
+    """The claim ran in Redis but its reply was lost (a failover, a timeout): the retry must not
+    overwrite what the first attempt put in the in-flight hash, and those come back."""
+    conn = Connection(f"{REDIS}?mode=reliable&prefix={prefix}")
+    queue = fresh_queue_name()
+    broker = conn.broker
+    real, lost = broker._claim, []
+
+    def reply_lost_once(*args: object, **kwargs: object) -> object:
+        res = real(*args, **kwargs)
+        if not lost:
+            lost.append(res)
+            raise redis.exceptions.ConnectionError("reply lost")
+        return res
+
+    try:
+        conn.publish(queue, [b"a", b"b", b"c", b"d"])
+        broker._claim = reply_lost_once
+        got = conn.fetch(queue, 2, 1.0)
+        assert [d.body for d in got] == [b"c", b"d"]
+        conn.ack(got)
+        rest = drain(conn, queue, 2, timeout=3)
+        assert sorted(d.body for d in rest) == [b"a", b"b"]
+    finally:
+        conn.close()

@@ -232,24 +232,33 @@ def test_unreplicated_publishes_are_lost_on_failover_and_wait_refuses_them(
 
 
 def test_wait_option_latency(redis_cluster: LocalCluster) -> None:
-    """What ``wait=1`` costs per publish (one round trip more, for the replica's ack)."""
+    """What ``wait=1`` costs per publish (one WAIT per publish, on the key's primary)."""
     prefix, queue = _prefix(), fresh_queue_name("cq-wait")
-    results = {}
+    master = redis_cluster.master_of_key(f"{prefix}:{{{queue}}}:q")
+    results, waits = {}, {}
     for wait in (0, 1):
         conn = Connection(redis_cluster.url(prefix=prefix, wait=wait))
         try:
             conn.publish(queue, [b"warm"])
+            before = _wait_calls(redis_cluster, master)
             best = float("inf")
             for _ in range(3):
                 started = time.perf_counter()
                 for _ in range(300):
                     conn.publish(queue, [b"x"])
                 best = min(best, (time.perf_counter() - started) / 300)
+            waits[wait] = _wait_calls(redis_cluster, master) - before
             results[wait] = best
             conn.purge(queue)
         finally:
             conn.close()
     print(f"publish latency on the cluster: wait=0 {results[0] * 1e6:.0f} us, wait=1 {results[1] * 1e6:.0f} us "
           f"({results[1] / results[0]:.2f}x)")
-    assert results[1] > results[0]
+    assert waits == {0: 0, 1: 900}  # one WAIT per publish, on the primary that took it
     assert results[1] < 0.05
+
+
+def _wait_calls(cluster: LocalCluster, port: int) -> int:
+    with cluster.client(port) as r:
+        stats = r.info("commandstats")
+    return int(stats.get("cmdstat_wait", {}).get("calls", 0))

@@ -216,16 +216,21 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             out = [Delivery(body, queue, proc) for body in bodies]
         else:
             track = self.mode == "reliable"
-            with self._lock:
-                seq = self._seq
-                self._seq += max_n
             if track:
                 self._queues.add(queue)
-            res = self.rc.call("fetch", lambda: self._claim(
-                keys=[f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq", f"{b}:consumers",
-                      self._own(queue, "inflight")],
-                args=[b, self.consumer_id, max_n, seq, self.dead_after_ms, 1 if track else 0]),
-                on_error=suspect if track else None)
+            keys = [f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq", f"{b}:consumers",
+                    self._own(queue, "inflight")]
+
+            def claim() -> list:
+                # fresh field numbers on every attempt: a retry after a lost reply must not
+                # overwrite the fields the first attempt may have written
+                with self._lock:
+                    seq = self._seq
+                    self._seq += max_n
+                return self._claim(keys=keys, args=[b, self.consumer_id, max_n, seq, self.dead_after_ms,
+                                                    1 if track else 0])
+
+            res = self.rc.call("fetch", claim, on_error=suspect if track else None)
             if track:
                 items = res[3:]
                 fields = items[0::2]
