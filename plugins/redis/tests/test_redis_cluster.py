@@ -19,7 +19,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.message import encode, new_meta
 from callq.testing import BrokerContract, drain, fresh_queue_name
 from callq.testing.crash import run_crash_test
-from callq_redis.local import LocalCluster, wait_replicas_synced
+from callq_redis.local import LocalCluster
 
 pytestmark = pytest.mark.slow
 
@@ -154,15 +154,7 @@ def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp
             except subprocess.TimeoutExpired:
                 w.kill()
         conn.close()
-        _rejoin(redis_cluster, master)
-
-
-def _rejoin(cluster: LocalCluster, port: int) -> None:
-    """Start a killed node again; it comes back as a replica and the cluster is whole."""
-    if cluster.procs[port].poll() is not None:
-        cluster.restart(port)
-    cluster.wait_ok()
-    wait_replicas_synced(cluster, cluster.ports)
+        redis_cluster.rejoin(master)
 
 
 def _cut_replication(cluster: LocalCluster, master: int, replica: int) -> None:
@@ -228,7 +220,7 @@ def test_unreplicated_publishes_are_lost_on_failover_and_wait_refuses_them(
         with redis_cluster.client(replica) as r:
             r.config_set("masteruser", "")
             r.config_set("masterauth", "")
-        _rejoin(redis_cluster, master)
+        redis_cluster.rejoin(master)
 
 
 def test_wait_option_latency(redis_cluster: LocalCluster) -> None:

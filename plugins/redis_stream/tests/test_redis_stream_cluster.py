@@ -17,7 +17,7 @@ from callq.broker import Connection
 from callq.message import encode, new_meta
 from callq.testing import BrokerContract, fresh_queue_name
 from callq.testing.crash import run_crash_test
-from callq_redis.local import LocalCluster, LocalSentinelGroup, wait_replicas_synced
+from callq_redis.local import LocalCluster, LocalSentinelGroup
 
 pytestmark = pytest.mark.slow
 
@@ -98,10 +98,7 @@ def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp
             except subprocess.TimeoutExpired:
                 w.kill()
         conn.close()
-        if redis_cluster.procs[master].poll() is not None:
-            redis_cluster.restart(master)
-        redis_cluster.wait_ok()
-        wait_replicas_synced(redis_cluster, redis_cluster.ports)
+        redis_cluster.rejoin(master)
 
 
 def test_round_trip_through_sentinel(redis_sentinel: LocalSentinelGroup) -> None:
