@@ -214,6 +214,12 @@ def test_unreplicated_publishes_are_lost_on_failover_and_wait_refuses_them(
         print(f"failover with the replication link cut: kept {dict(bodies)}; lost 100 plain publishes "
               "(acknowledged by the old master only) and the WAIT publish that raised")
         assert bodies == {b"old": 50, b"replicated": 1}
+        # the wait=1 client still maps the slot to the dead master: it must find the promoted
+        # one (which has no replica left, so WAIT refuses) rather than retry the dead node
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="0 of 1 replica"):
+            safe.publish(queue, [b"after"])
+        assert time.monotonic() - started < 10
     finally:
         plain.close()
         safe.close()

@@ -186,6 +186,27 @@ class LocalCluster(LocalRedisGroup):
             time.sleep(0.1)
         self.wait_ok()
         wait_replicas_synced(self, self.ports)
+        self.wait_settled()
+
+    def wait_settled(self, timeout: float = 30.0) -> None:
+        """Until every node sees 3 masters, each with one replica (gossip has spread)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self._settled(p) for p in self.ports):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"cluster layout not agreed on after {timeout}s")
+
+    def _settled(self, port: int) -> bool:
+        try:
+            with self.client(port) as r:
+                text = r.execute_command("CLUSTER", "NODES")
+        except redis.RedisError:
+            return False
+        lines = (text.decode() if isinstance(text, bytes) else text).strip().splitlines()
+        masters = {ln.split()[0] for ln in lines if "master" in ln.split()[2]}
+        replicas = [ln.split()[3] for ln in lines if "slave" in ln.split()[2]]
+        return len(masters) == 3 and sorted(replicas) == sorted(masters)
 
     def wait_ok(self, timeout: float = 30.0, *, skip: tuple[int, ...] = ()) -> None:
         """Until every live node says cluster_state:ok and every slot is served."""
@@ -224,6 +245,7 @@ def local_cluster(start_port: int = 7100, node_timeout_ms: int = 2000) -> Iterat
             raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
         cluster.wait_ok()
         wait_replicas_synced(cluster, ports)
+        cluster.wait_settled()
         yield cluster
     finally:
         cluster.close()

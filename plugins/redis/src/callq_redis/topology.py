@@ -14,6 +14,7 @@ sentinel that needs its own password takes ``sentinel_password``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, MovedError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -99,6 +102,11 @@ class RedisTarget:
         except (MovedError, AskError) as exc:  # the slot moved (failover): nothing was written
             self.client.nodes_manager.initialize()
             raise TryAgainError(f"slot of {key} moved: {exc}") from exc
+        except (RedisConnectionError, RedisTimeoutError):
+            if self.cluster:  # this bypassed RedisCluster's own handling: read the slot map again
+                with contextlib.suppress(RedisError, RedisClusterException):
+                    self.client.nodes_manager.initialize()
+            raise
         acked = int(res[-1])
         if acked < self.wait_replicas:
             raise BrokerError(
