@@ -1,4 +1,5 @@
-"""Session fixture: a local 3-node RabbitMQ cluster (own node names, ports and cookie), always stopped."""
+"""A local 3-node RabbitMQ cluster (own node names, ports and cookie) for the module that asks,
+stopped after it whatever the outcome."""
 
 from collections.abc import Iterator
 
@@ -7,7 +8,7 @@ import pytest
 from callq_rabbitmq.local import LocalRabbitCluster, local_rabbit_cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rabbit_cluster() -> Iterator[LocalRabbitCluster]:
     with local_rabbit_cluster() as cluster:
         yield cluster
