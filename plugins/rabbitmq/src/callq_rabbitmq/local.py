@@ -66,6 +66,8 @@ class LocalRabbitCluster:
                 RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"), RABBITMQ_PID_FILE=str(d / "pid"),
                 RABBITMQ_ENABLED_PLUGINS_FILE=str(self.workdir / "enabled_plugins"),
                 RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
+                # the Erlang distribution listens on loopback only
+                RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
             )
         return env
 
