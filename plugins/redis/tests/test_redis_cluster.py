@@ -198,7 +198,7 @@ def test_unreplicated_publishes_are_lost_on_failover_and_wait_refuses_them(
     a publish: it raises BrokerError after ``wait_timeout``."""
     prefix, queue = _prefix(), fresh_queue_name("cq-lag")
     plain = Connection(redis_cluster.url(prefix=prefix, retry=30))
-    safe = Connection(redis_cluster.url(prefix=prefix, wait=1, wait_timeout=0.2, retry=30))
+    safe = Connection(redis_cluster.url(prefix=prefix, wait=1, wait_timeout=2, retry=30))
     master = redis_cluster.master_of_key(f"{prefix}:{{{queue}}}:q")
     replica = redis_cluster.replica_of(master)
     try:

@@ -172,11 +172,13 @@ class LocalCluster(LocalRedisGroup):
         return next(int(n["port"]) for n in nodes if n["master"] == mid)  # type: ignore[call-overload]
 
     def rejoin(self, port: int, timeout: float = 30.0) -> None:
-        """Start a stopped node again and wait until it is a synced replica and the cluster is ok."""
-        if self.procs[port].poll() is not None:
+        """Start a stopped node again and wait until it is a synced replica and the cluster is ok
+        (a node that was not stopped is left as it is)."""
+        stopped = self.procs[port].poll() is not None
+        if stopped:
             self.restart(port)
         deadline = time.monotonic() + timeout
-        while True:  # it starts as the master it was, then learns that it was replaced
+        while stopped:  # it starts as the master it was, then learns that it was replaced
             with self.client(port) as r:
                 info = r.info("replication")
             if info["role"] == "slave" and info.get("master_link_status") == "up":
