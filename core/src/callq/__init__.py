@@ -6,6 +6,7 @@ from .hookspecs import hookimpl
 from .options import TaskOptions
 from .plugins import get_plugin_manager, register, unregister
 from .processes import ProcessGroup
+from .results import AsyncResult, RemoteError, ResultsOff
 from .runner import CallContext, Consumer, Stats, current, running_consumers, stop_all, wait
 from .schedule import Scheduler, at, cron, crontab, every
 from .state import StateStore
@@ -14,7 +15,7 @@ from .task import Task, is_paused, pause, resume, task
 __version__ = "0.1.0"
 
 __all__ = [
-    "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
+    "AsyncResult", "BrokerBase", "BrokerError", "RemoteError", "ResultsOff", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
     "ConfigError", "Connection", "Consumer", "Delivery", "Reject", "Requeue", "Retry", "Stats",
     "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
     "ProcessGroup", "Scheduler", "StateStore", "at", "cron", "crontab", "every", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",

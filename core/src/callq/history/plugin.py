@@ -1,0 +1,1 @@
+default_plugin = object()

@@ -1,0 +1,154 @@
+"""The default results plugin: writes each call's status and result to its task's store.
+
+Writes go through one background thread per process that batches them (one round trip for
+many calls under load, no waiting when idle), so a call's thread never waits on the store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from ..hookspecs import hookimpl
+from ..message import dumps
+from .store import Record, open_store, store_url_for
+
+log = logging.getLogger("callq.results")
+
+#: outcome of a call -> status of its result record
+STATUS_OF = {"done": "done", "retry": "pending", "requeue": "pending", "dead": "dead",
+             "expired": "expired", "skipped": "skipped"}
+
+
+class Writer:
+    """Batches ``(store url, id, record, ttl)`` writes in a background thread."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[str, str, Record, float]] = deque()
+        self._cond = threading.Condition()
+        self._pid = 0
+        self._busy = False
+
+    def put(self, url: str, call_id: str, record: Record, ttl: float) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._items.append((url, call_id, record, ttl))
+        with self._cond:
+            self._cond.notify()
+
+    def _start(self) -> None:
+        with _start_lock:
+            if self._pid == os.getpid():
+                return
+            self._cond = threading.Condition()
+            self._items = deque(self._items) if self._pid == 0 else deque()
+            threading.Thread(target=self._loop, name="callq-results", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait()
+                self._busy = True
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        batch: dict[str, list[tuple[str, Record, float]]] = defaultdict(list)
+        pop = self._items.popleft
+        try:
+            for _ in range(5000):
+                url, call_id, record, ttl = pop()
+                batch[url].append((call_id, record, ttl))
+        except IndexError:
+            pass
+        for url, items in batch.items():
+            try:
+                open_store(url).put_many(items)
+            except Exception as exc:  # noqa: BLE001 - a store outage must not stop the writer
+                log.error("could not store %d result(s) in %s: %s: %s", len(items),
+                          url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued write was attempted."""
+        if self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._items or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+
+_start_lock = threading.Lock()
+writer = Writer()
+atexit.register(writer.flush)
+
+
+class ResultsPlugin:
+    """Registered by default as ``callq.default.results``."""
+
+    @hookimpl
+    def callq_before_call(self, call: Any) -> None:
+        call_id = call.id
+        url = store_url_for(call.task.options) if call_id else None
+        if url is None:
+            return
+        writer.put(url, call_id, _record(call, "running"), call.task.options.result_ttl)
+
+    @hookimpl
+    def callq_after_call(self, call: Any) -> None:
+        call_id = call.id
+        status = STATUS_OF.get(call.outcome or "")
+        if call_id is None or status is None:
+            return
+        url = store_url_for(call.task.options)
+        if url is None:
+            return
+        record = _record(call, status)
+        if status == "done":
+            try:
+                dumps(call.result)
+                record["result"] = call.result
+            except (TypeError, ValueError) as exc:
+                log.error("%s: call %s returned a %s, which is not JSON; its result is not stored (%s)",
+                          call.task.name, call_id, type(call.result).__name__, exc)
+                record["status"] = "failed"
+                record["error"] = {"type": "TypeError", "traceback": None,
+                                   "message": f"the result ({type(call.result).__name__}) is not JSON-serialisable; "
+                                              "callq stores JSON results only"}
+        writer.put(url, call_id, record, call.task.options.result_ttl)
+
+    @hookimpl
+    def callq_consumer_stopped(self, consumer: Any) -> None:
+        writer.flush()
+
+
+def _record(call: Any, status: str) -> Record:
+    exc = call.error
+    error = None
+    if exc is not None:
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": call.traceback
+                 if hasattr(call, "traceback") else _format(exc)}
+    return {"id": call.id, "status": status, "result": None, "error": error, "attempt": call.attempt,
+            "queue": call.queue, "task": call.task.name, "reason": getattr(call, "reason", None),
+            "started_at": call.started_at or None, "finished_at": call.finished_at or None}
+
+
+def _format(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+plugin = ResultsPlugin()  # the entry point ``callq: results``
