@@ -1,1 +1,208 @@
-default_plugin = object()
+"""The call history plugin: one row per call outcome, written in batches from a thread.
+
+Opt in with ``CALLQ_HISTORY_URL`` (a database URL, or ``1`` for the default sqlite file in
+the user's data directory ``~/.local/share/callq/history.db``), read when the plugin manager
+starts, or in code with :func:`callq.history.enable`. Retention: ``CALLQ_HISTORY_MAX_AGE``
+(seconds, default 7 days) and ``CALLQ_HISTORY_MAX_ROWS`` (default 1,000,000).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..hookspecs import hookimpl
+
+log = logging.getLogger("callq.history")
+
+HOST = socket.gethostname()
+MAX_AGE = 7 * 86400.0
+MAX_ROWS = 1_000_000
+
+
+def default_url() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return "sqlite:///" + os.path.abspath(os.path.join(base, "callq", "history.db"))
+
+
+class HistoryPlugin:
+    """Collects rows in memory; a background thread inserts them every ``flush_interval``
+    seconds (or at once when ``batch`` rows wait) and prunes old rows every ``prune_interval``."""
+
+    def __init__(self, url: str | None = None, *, max_age: float | None = MAX_AGE, max_rows: int | None = MAX_ROWS,
+                 flush_interval: float = 0.5, batch: int = 2000, prune_interval: float = 60.0) -> None:
+        self.url = url or default_url()
+        self.max_age = max_age
+        self.max_rows = max_rows
+        self.flush_interval = flush_interval
+        self.batch = batch
+        self.prune_interval = prune_interval
+        self._rows: deque[dict[str, Any]] = deque()
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._pending = 0
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._store: Any = None
+        self.written = 0
+        atexit.register(self.flush)
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from .store import HistoryStore
+
+            self._store = HistoryStore(self.url)
+        return self._store
+
+    @hookimpl
+    def callq_after_call(self, call: Any) -> None:
+        row = row_of(call)
+        if self._pid != os.getpid():
+            self._start()
+        with self._done:
+            self._pending += 1
+            self._rows.append(row)
+        if len(self._rows) >= self.batch:
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._wake = threading.Event()
+            self._done = threading.Condition()
+            self._pending = len(self._rows) if self._pid == 0 else 0
+            if self._pid != 0:
+                self._rows.clear()  # the parent's rows are the parent's to write
+            self._store = None  # never share a connection pool across fork
+            threading.Thread(target=self._loop, name="callq-history", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _loop(self) -> None:
+        pruned = 0.0
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self._write()
+            if time.monotonic() - pruned > self.prune_interval:
+                pruned = time.monotonic()
+                try:
+                    self.store.prune(self.max_age, self.max_rows)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("pruning call history failed: %s: %s", type(exc).__name__, exc)
+
+    def _write(self) -> None:
+        while self._rows:
+            chunk = []
+            pop = self._rows.popleft
+            try:
+                while len(chunk) < self.batch:
+                    chunk.append(pop())
+            except IndexError:
+                pass
+            try:
+                self.store.insert_many(chunk)
+                self.written += len(chunk)
+            except Exception as exc:  # noqa: BLE001 - the database may be down: keep the calls running
+                log.error("could not write %d call history row(s) to %s: %s: %s", len(chunk),
+                          self.url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
+            with self._done:
+                self._pending -= len(chunk)
+                self._done.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every collected row was written (or given up on)."""
+        if self._pid != os.getpid():
+            return True
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
+    @hookimpl
+    def callq_consumer_stopped(self, consumer: Any) -> None:
+        self.flush()
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        return json.dumps(repr(value))
+
+
+def row_of(call: Any) -> dict[str, Any]:
+    exc = call.error
+    meta = call.meta or {}
+    tb = getattr(call, "traceback", None) if exc is not None else None
+    if exc is not None and tb is None:
+        import traceback
+
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    published = meta.get("published_at")
+    return {
+        "call_id": call.id, "queue": call.queue, "function": call.task.name,
+        "args": _json(call.kwargs), "outcome": call.outcome or "unknown",
+        "result": _json(call.result) if call.outcome == "done" else None,
+        "error_type": type(exc).__name__ if exc is not None else None,
+        "error": str(exc) if exc is not None else None, "traceback": tb,
+        "reason": getattr(call, "reason", None), "attempt": call.attempt, "host": HOST, "pid": os.getpid(),
+        "published_at": published if isinstance(published, (int, float)) else None,
+        "started_at": call.started_at or None, "finished_at": call.finished_at or time.time(),
+        "parent": meta.get("parent") if isinstance(meta.get("parent"), str) else None,
+    }
+
+
+_enabled: HistoryPlugin | None = None
+
+
+def enable(url: str | None = None, **options: Any) -> HistoryPlugin:
+    """Record every call of this process's consumers (connections opened afterwards)."""
+    from ..plugins import get_plugin_manager
+
+    global _enabled
+    pm = get_plugin_manager()
+    if pm.get_plugin("history") is not None:
+        pm.unregister(name="history")
+    _enabled = HistoryPlugin(url, **options)
+    pm.register(_enabled, name="history")
+    return _enabled
+
+
+def disable() -> None:
+    from ..plugins import get_plugin_manager
+
+    global _enabled
+    pm = get_plugin_manager()
+    if pm.get_plugin("history") is not None:
+        pm.unregister(name="history")
+    if _enabled is not None:
+        _enabled.flush()
+    _enabled = None
+
+
+class _Off:
+    """Stands for the history plugin when it is not enabled: no hooks, so no cost."""
+
+
+def _from_env() -> Any:
+    url = os.environ.get("CALLQ_HISTORY_URL", "").strip()
+    if not url or url.lower() in ("0", "off", "false", "no"):
+        return _Off()
+    if url.lower() in ("1", "on", "true", "yes", "default"):
+        url = ""
+    max_age = float(os.environ.get("CALLQ_HISTORY_MAX_AGE", MAX_AGE))
+    max_rows = int(os.environ.get("CALLQ_HISTORY_MAX_ROWS", MAX_ROWS))
+    return HistoryPlugin(url or None, max_age=max_age, max_rows=max_rows)
+
+
+default_plugin = _from_env()  # the entry point ``callq: history``

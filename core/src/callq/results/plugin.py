@@ -20,9 +20,9 @@ from .store import Record, open_store, store_url_for
 
 log = logging.getLogger("callq.results")
 
-#: outcome of a call -> status of its result record
-STATUS_OF = {"done": "done", "retry": "pending", "requeue": "pending", "dead": "dead",
-             "expired": "expired", "skipped": "skipped"}
+#: outcome of a call -> status of its result record. A retry or requeue writes nothing: the
+#: next attempt may already have finished in another thread, and its record must stay.
+STATUS_OF = {"done": "done", "dead": "dead", "expired": "expired", "skipped": "skipped"}
 
 
 class Writer:

@@ -31,9 +31,12 @@ class SQLResultStore(PollingWait):
             sa.Column("id", sa.String(64), primary_key=True),
             sa.Column("status", sa.String(16), nullable=False),
             sa.Column("record", sa.Text, nullable=False),
-            sa.Column("expires_at", sa.Float, nullable=False, index=True),
+            sa.Column("expires_at", sa.Double, nullable=False, index=True),
         )
-        meta.create_all(self.engine, checkfirst=True)
+        try:
+            meta.create_all(self.engine, checkfirst=True)
+        except sa.exc.DatabaseError:  # another process created it at the same moment
+            meta.create_all(self.engine, checkfirst=True)
         self._swept = time.time()
         self._init_wait()
 
