@@ -66,7 +66,7 @@ def collect(conn: Connection, queues: list[str] | None = None, *, history: Any =
             error = f"{type(exc).__name__}: {exc}"
         done_rate = sum(float(c.get("rate") or 0) for c in workers)
         failed_rate = sum(float(c.get("fail_rate") or 0) for c in workers)
-        if not workers and q in hist_rates:
+        if q in hist_rates:  # the history's last minute beats heartbeat samples
             done_rate = hist_rates[q]["finished"] - hist_rates[q]["failed"]
             failed_rate = hist_rates[q]["failed"]
         publish_rate = None
