@@ -112,7 +112,7 @@ def test_env_enables_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setenv("CALLQ_HISTORY_URL", "1")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    p = plugin._from_env()
+    p = plugin.from_env()
     assert isinstance(p, HistoryPlugin) and p.url.endswith("callq/history.db") and str(tmp_path) in p.url
     monkeypatch.setenv("CALLQ_HISTORY_URL", "")
-    assert not isinstance(plugin._from_env(), HistoryPlugin)
+    assert not isinstance(plugin.from_env(), HistoryPlugin)

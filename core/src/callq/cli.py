@@ -159,7 +159,7 @@ def _queue_and_connection(args: argparse.Namespace) -> tuple[str, Any]:
 # --- commands -----------------------------------------------------------------------------------
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .runner import wait
+    from .lifecycle import wait
 
     tasks = [_with_overrides(load_task(t), concurrency=args.concurrency, qps=args.qps) for t in args.targets]
     if args.processes is None and (args.start_method or args.hard_timeout):

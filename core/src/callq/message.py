@@ -77,7 +77,27 @@ def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = {}
     elif not isinstance(meta, dict):
         raise MalformedMessage(f"{META_KEY!r} must be an object, got {type(meta).__name__}")
+    elif meta:
+        check_meta(meta)
     return payload, meta
+
+
+_TIMES = ("published_at", "eta", "expires_at")
+
+
+def check_meta(meta: dict[str, Any]) -> None:
+    """Every metadata field core reads has its type and range, or MalformedMessage says which not."""
+    msg_id = meta.get("id")
+    if msg_id is not None and (not isinstance(msg_id, str) or not 0 < len(msg_id) <= 200):
+        raise MalformedMessage(f"{META_KEY}.id must be a string of 1 to 200 characters, got {msg_id!r:.80}")
+    for name in _TIMES:
+        value = meta.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value < 1e11):
+            raise MalformedMessage(f"{META_KEY}.{name} must be a UNIX time in seconds, got {value!r:.80}")
+    attempt = meta.get("attempt")
+    if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 1_000_000):
+        raise MalformedMessage(f"{META_KEY}.attempt must be an integer >= 0, got {attempt!r:.80}")
 
 
 def raw_for_dead_letter(body: bytes) -> dict[str, str]:

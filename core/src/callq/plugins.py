@@ -8,16 +8,18 @@ logs every hook call.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
+import weakref
 from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import BrokerNotFound
+from .errors import BrokerNotFound, ConfigError
 from .hookspecs import hookimpl
 from .url import BrokerURL
 
@@ -29,7 +31,7 @@ PLUGIN_GROUP = "callq"
 # Schemes of the brokers this project ships, and the distribution to install for each.
 KNOWN_DISTRIBUTIONS = {
     "memory": "callq",
-    "sqlite": "callq-sqlite",
+    "sqlite": "callq",
     "redis": "callq-redis",
     "rediss": "callq-redis",
     "redis+stream": "callq-redis-stream",
@@ -65,6 +67,20 @@ class CallqPluginManager(pluggy.PluginManager):
         if opts is None and name.startswith("callq_") and callable(getattr(plugin, name, None)):
             return {}
         return opts
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """Register ``plugin``; a ``callq_*`` method that names no hook is an error, not ignored."""
+        unknown = [attr for attr in dir(plugin) if attr.startswith("callq_") and not attr.startswith("callq__")
+                   and callable(getattr(plugin, attr, None)) and attr not in _HOOK_NAMES]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(_HOOK_NAMES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"plugin {name or plugin!r}: {unknown[0]!r} is not a callq hook{hint}; "
+                              "see callq.hookspecs for the hook names")
+        return super().register(plugin, name=name)
+
+
+_HOOK_NAMES = frozenset(n for n in dir(hookspecs) if n.startswith("callq_"))
 
 
 class EntryPointBrokers:
@@ -118,28 +134,61 @@ def get_plugin_manager() -> CallqPluginManager:
                 for name in _disabled():
                     pm.set_blocked(name)
                 pm.register(EntryPointBrokers(), name="callq.default.entrypoint-brokers")
+                from .defaults import DEFAULT_PLUGINS
+
+                for plugin_name, plugin_cls in DEFAULT_PLUGINS.items():
+                    if not pm.is_blocked(plugin_name):
+                        pm.register(plugin_cls(), name=plugin_name)
                 pm.load_setuptools_entrypoints(PLUGIN_GROUP)
                 _configure_tracing(pm)
                 _pm = pm
     return _pm
 
 
+_connection_pms: weakref.WeakSet[CallqPluginManager] = weakref.WeakSet()
+_generation = 0
+
+
+def generation() -> int:
+    """Changes whenever a plugin is registered or unregistered (consumers re-read their hooks)."""
+    return _generation
+
+
 def connection_plugin_manager(broker: Any) -> CallqPluginManager:
-    """A manager for one connection: the broker instance plus every registered extension plugin."""
+    """A manager for one connection: the broker instance plus every registered extension plugin.
+
+    Plugins registered later with :func:`register` are added to it too.
+    """
     root = get_plugin_manager()
     pm = CallqPluginManager()
-    for name, plugin in root.list_name_plugin():
-        if plugin is not None:
-            pm.register(plugin, name=name)
+    with _pm_lock:
+        for name, plugin in root.list_name_plugin():
+            if plugin is not None:
+                pm.register(plugin, name=name)
+        _connection_pms.add(pm)
     pm.register(broker, name=f"broker:{type(broker).__module__}.{type(broker).__qualname__}")
     _configure_tracing(pm)
     return pm
 
 
 def register(plugin: Any, name: str | None = None) -> str | None:
-    """Register an extension plugin in this process (affects connections opened afterwards)."""
-    return get_plugin_manager().register(plugin, name=name)
+    """Register an extension plugin in this process: it applies to every connection, open or not."""
+    global _generation
+    root = get_plugin_manager()
+    with _pm_lock:
+        registered = root.register(plugin, name=name)
+        if registered is not None:
+            for pm in list(_connection_pms):
+                pm.register(plugin, name=registered)
+        _generation += 1
+    return registered
 
 
 def unregister(plugin: Any) -> None:
-    get_plugin_manager().unregister(plugin)
+    global _generation
+    with _pm_lock:
+        get_plugin_manager().unregister(plugin)
+        for pm in list(_connection_pms):
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+        _generation += 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import broker as _broker
-from . import runner as _runner
+from . import lifecycle as _lifecycle
 from .errors import ConfigError
 from .options import TaskOptions
 
@@ -236,11 +236,11 @@ class ProcessGroup:
     def start(self) -> ProcessGroup:
         if self._supervisor is not None:
             return self
-        _runner.install_signal_handlers()
+        _lifecycle.install_signal_handlers()
         with self._lock:
             for slot in range(self.processes):
                 self._spawn(slot)
-        _runner.register_running(self)
+        _lifecycle.register_running(self)
         self._supervisor = threading.Thread(target=self._supervise, name=f"callq-{self.queue}-supervisor",
                                             daemon=True)
         self._supervisor.start()
@@ -398,7 +398,7 @@ class ProcessGroup:
     def _finish(self) -> None:
         self._stopping.set()
         self._stopped.set()
-        _runner.unregister_running(self)
+        _lifecycle.unregister_running(self)
         log.info("worker processes of %s stopped (%d restart(s))", self.queue, self.restarts)
 
 
@@ -435,7 +435,7 @@ def _fork_guard(method: str) -> Iterator[None]:
     if method != "fork":
         yield
         return
-    locks = [lk for lk in (getattr(_runner, "_running_lock", None), getattr(_broker, "_connections_lock", None))
+    locks = [lk for lk in (getattr(_lifecycle, "_running_lock", None), getattr(_broker, "_connections_lock", None))
              if lk is not None]
     with contextlib.ExitStack() as stack:
         for lk in locks:

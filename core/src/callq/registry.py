@@ -116,6 +116,3 @@ def known_queues(store: StateStore) -> dict[str, dict[str, Any]]:
         except ValueError:
             continue
     return out
-
-
-plugin = ConsumerRegistry()  # the entry point ``callq: consumers``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,11 +14,14 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 from typing_extensions import ParamSpec
 
 from .broker import Connection, connect
+from .consumer import Consumer, Stats
+from .controls import check_task_controls
+from .controls.pause import pause_key
 from .errors import ConfigError
+from .lifecycle import install_signal_handlers
 from .message import META_KEY, encode, new_meta
 from .options import TaskOptions
 from .results.handle import AsyncResult
-from .runner import Consumer, Stats, install_signal_handlers, pause_key
 
 if TYPE_CHECKING:
     from .processes import ProcessGroup
@@ -45,6 +49,7 @@ class Task(Generic[P, R]):
             if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD) if plain else None
         self._consumer: Consumer | None = None
         self._consumer_lock = threading.Lock()
+        check_task_controls(options)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
@@ -67,7 +72,8 @@ class Task(Generic[P, R]):
         kwargs = self._bind(args, kwargs)
         meta = new_meta()
         conn = self.connection
-        if conn.hook.callq_before_publish.get_hookimpls():
+        hook = conn.hook
+        if hook.callq_before_publish.get_hookimpls() or hook.callq_after_publish.get_hookimpls():
             return AsyncResult(self._publish_many([kwargs], meta=meta)[0], self)
         conn.publish(self.options.queue, [encode(kwargs, meta, where=self.name)])
         return AsyncResult(meta["id"], self)
@@ -171,12 +177,20 @@ class Task(Generic[P, R]):
         for message in messages:
             m = message.pop("_callq")
             bodies.append(encode(message, m, where=self.name))
+            message["_callq"] = m
         delay = 0.0
         eta = metas[0].get("eta") if meta is not None else None
         if eta is not None and conn.capabilities.native_delay:
             delay = max(0.0, eta - time.time())
         conn.publish(self.options.queue, bodies, delay=delay, priority=priority)
-        return [m["id"] for m in metas]
+        ids = [m["_callq"]["id"] for m in messages]
+        after = conn.hook.callq_after_publish
+        if after.get_hookimpls():
+            try:
+                after(queue=self.options.queue, ids=ids, messages=messages)
+            except Exception:  # noqa: BLE001 - the calls are published; a plugin's failure must not hide that
+                logging.getLogger("callq.task").exception("callq_after_publish hook failed (ignored)")
+        return ids
 
     # --- consuming ---------------------------------------------------------------------------
 

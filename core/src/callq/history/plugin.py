@@ -162,29 +162,31 @@ def row_of(call: Any) -> dict[str, Any]:
     }
 
 
+NAME = "callq.default.history"
 _enabled: HistoryPlugin | None = None
 
 
 def enable(url: str | None = None, **options: Any) -> HistoryPlugin:
-    """Record every call of this process's consumers (connections opened afterwards)."""
-    from ..plugins import get_plugin_manager
+    """Record every call of this process's consumers from now on (replaces the default plugin)."""
+    from ..plugins import get_plugin_manager, register, unregister
 
     global _enabled
-    pm = get_plugin_manager()
-    if pm.get_plugin("history") is not None:
-        pm.unregister(name="history")
+    old = get_plugin_manager().get_plugin(NAME)
+    if old is not None:
+        unregister(old)
     _enabled = HistoryPlugin(url, **options)
-    pm.register(_enabled, name="history")
+    register(_enabled, name=NAME)
     return _enabled
 
 
 def disable() -> None:
-    from ..plugins import get_plugin_manager
+    from ..plugins import get_plugin_manager, register, unregister
 
     global _enabled
-    pm = get_plugin_manager()
-    if pm.get_plugin("history") is not None:
-        pm.unregister(name="history")
+    old = get_plugin_manager().get_plugin(NAME)
+    if old is not None:
+        unregister(old)
+    register(_Off(), name=NAME)
     if _enabled is not None:
         _enabled.flush()
     _enabled = None
@@ -194,7 +196,8 @@ class _Off:
     """Stands for the history plugin when it is not enabled: no hooks, so no cost."""
 
 
-def _from_env() -> Any:
+def from_env() -> Any:
+    """The default plugin: a :class:`HistoryPlugin` if ``CALLQ_HISTORY_URL`` is set, else inert."""
     url = os.environ.get("CALLQ_HISTORY_URL", "").strip()
     if not url or url.lower() in ("0", "off", "false", "no"):
         return _Off()
@@ -203,6 +206,3 @@ def _from_env() -> Any:
     max_age = float(os.environ.get("CALLQ_HISTORY_MAX_AGE", MAX_AGE))
     max_rows = int(os.environ.get("CALLQ_HISTORY_MAX_ROWS", MAX_ROWS))
     return HistoryPlugin(url or None, max_age=max_age, max_rows=max_rows)
-
-
-default_plugin = _from_env()  # the entry point ``callq: history``

@@ -149,6 +149,3 @@ def _format(exc: BaseException) -> str:
     import traceback
 
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
-plugin = ResultsPlugin()  # the entry point ``callq: results``

@@ -113,7 +113,7 @@ def _worker_main(url: str, queue: str, workdir: str, concurrency: int) -> None:
     import logging
     import random
 
-    from ..runner import wait
+    from ..lifecycle import wait
     from ..task import task
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(process)d %(name)s %(message)s")

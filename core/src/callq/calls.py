@@ -1,0 +1,279 @@
+"""Running one call: controls and plugin scopes around it, its outcome, and acting on it.
+
+A mixin of :class:`callq.consumer.Consumer`. The hot path (no control or plugin needs a
+phase around the call) runs the function and acks, nothing else. An exception in a plugin's
+hook is logged and the call still settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AbstractContextManager
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from . import plugins
+from .context import CallContext, set_current, set_current_async
+from .controls import Drop, Verdict, safely
+from .message import MalformedMessage
+
+if TYPE_CHECKING:
+    from .broker import Delivery
+    from .consumer import Consumer
+
+log = logging.getLogger("callq.worker")
+
+CHUNK_SECONDS = 0.002  # work per pool hand-off when calls are very fast
+CHUNK_BELOW = 0.00002  # calls shorter than this (no I/O worth overlapping) go in chunks
+_DLQ = "callq.to_dlq"
+
+
+class CallRunner:
+    """Runs calls for a consumer and settles what came of them."""
+
+    def __init__(self: Consumer) -> None:  # type: ignore[misc]
+        self.fn = self.task.fn
+        self._latency = 1.0  # moving average of call duration (s); unknown = slow
+        self.run = self._execute_async if self.is_async else self._execute
+        self.refresh_hooks()
+
+    def refresh_hooks(self: Consumer) -> None:  # type: ignore[misc]
+        """(Re)read which hooks have implementations: plugins registered later apply too."""
+        self.plugins_seen = plugins.generation()
+        hook = self.conn.hook
+        self._before_hooks = bool(hook.callq_before_call.get_hookimpls())
+        self._scope_hooks = bool(hook.callq_call_scope.get_hookimpls())
+        self._after_hooks = bool(hook.callq_after_call.get_hookimpls())
+        controls = self.controls
+        self._scoped = [c for c in controls.all if c in controls.enter or c in controls.exit]  # type: ignore[attr-defined]
+        self._fast = not (self._scoped or controls.settled or self._before_hooks  # type: ignore[attr-defined]
+                          or self._scope_hooks or self._after_hooks)
+
+    def call_hook(self: Consumer, name: str, **kwargs: Any) -> None:  # type: ignore[misc]
+        try:
+            getattr(self.conn.hook, name)(**kwargs)
+        except Exception:  # noqa: BLE001
+            log.exception("plugin hook %s failed (ignored)", name)
+
+    # --- handing calls to the pool -----------------------------------------------------------
+
+    def submit_many(self: Consumer, ready: list[CallContext]) -> None:  # type: ignore[misc]
+        """Hand calls to the pool; very fast calls go in chunks so threads hand off less often."""
+        if not ready:
+            return
+        size = 1
+        if self._latency < CHUNK_BELOW and self._fast and not self.is_async:
+            size = min(len(ready), int(CHUNK_SECONDS / max(self._latency, 1e-7)))
+        if size <= 1:
+            for call in ready:
+                self.pool.submit(self.run, call)
+            return
+        for i in range(0, len(ready), size):
+            self.pool.submit(self._execute_chunk, ready[i:i + size])
+
+    def _execute_chunk(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
+        for call in chunk:
+            self._execute(call)
+
+    # --- threads -----------------------------------------------------------------------------
+
+    def _execute(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        if self._stopping.is_set():
+            self.settler.requeue([call.delivery])
+            return
+        set_current(call)
+        call.started_at = time.time()
+        if not self._fast:
+            self._run_scoped(call)
+            return
+        try:
+            started = perf_counter()
+            call.result = self.fn(**call.kwargs)
+            self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
+        except BaseException as exc:  # noqa: BLE001 - any failure of user code is an outcome
+            set_current(None)
+            call.finished_at = time.time()
+            if call.claim():
+                self.fail(call, exc)
+            return
+        set_current(None)
+        call.outcome = "done"
+        self.settler.ack(call.delivery)
+        next(self._done)
+
+    def _run_scoped(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        error: BaseException | None = None
+        entered = []
+        scopes = self._open_scopes(call) if self._scope_hooks else ()
+        try:
+            for control in self._scoped:
+                control.enter(call)
+                entered.append(control)
+            if self._before_hooks:
+                self.call_hook("callq_before_call", call=call)
+            started = perf_counter()
+            call.result = self.fn(**call.kwargs)
+            self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
+        except BaseException as exc:  # noqa: BLE001
+            error = exc
+        finally:
+            error = self._leave(call, entered, scopes, error)
+            set_current(None)
+        self._conclude(call, error)
+
+    def _leave(self: Consumer, call: CallContext, entered: list[Any], scopes: Any,  # type: ignore[misc]
+               error: BaseException | None) -> BaseException | None:
+        for control in reversed(entered):  # the timeout control (entered last) leaves first
+            replaced = control.exit(call, error)
+            if replaced is not None:
+                error = replaced
+        for scope in reversed(scopes):
+            try:
+                if error is None:
+                    scope.__exit__(None, None, None)
+                else:
+                    scope.__exit__(type(error), error, error.__traceback__)
+            except Exception:  # noqa: BLE001
+                log.exception("plugin call scope %r failed on exit (ignored)", scope)
+        call.finished_at = time.time()
+        return error
+
+    def _open_scopes(self: Consumer, call: CallContext) -> list[AbstractContextManager[Any]]:  # type: ignore[misc]
+        opened = []
+        try:
+            scopes = self.conn.hook.callq_call_scope(call=call)
+        except Exception:  # noqa: BLE001
+            log.exception("callq_call_scope failed (ignored)")
+            return opened
+        for scope in scopes:
+            if scope is None:
+                continue
+            try:
+                scope.__enter__()
+                opened.append(scope)
+            except Exception:  # noqa: BLE001
+                log.exception("plugin call scope %r failed on enter (ignored)", scope)
+        return opened
+
+    def _conclude(self: Consumer, call: CallContext, error: BaseException | None) -> None:  # type: ignore[misc]
+        if not call.claim():
+            return  # a control gave up on it (timeout) and settled it already
+        if error is None:
+            call.outcome = "done"
+            self.finish(call)
+        elif isinstance(error, Verdict):
+            self.verdict(call, error)
+        else:
+            self.fail(call, error)
+
+    # --- asyncio -----------------------------------------------------------------------------
+
+    async def _execute_async(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        if self._stopping.is_set():
+            self.settler.requeue([call.delivery])
+            return
+        set_current_async(call)
+        call.started_at = time.time()
+        error: BaseException | None = None
+        entered: list[Any] = []
+        scopes = self._open_scopes(call) if self._scope_hooks else ()
+        try:
+            for control in self._scoped:
+                control.enter(call)
+                entered.append(control)
+            if self._before_hooks:
+                self.call_hook("callq_before_call", call=call)
+            call.result = await self.fn(**call.kwargs)
+        except BaseException as exc:  # noqa: BLE001
+            error = exc
+        error = self._leave(call, entered, scopes, error)
+        if isinstance(error, asyncio.CancelledError) and self._stopping.is_set():
+            if call.claim():
+                self.settler.requeue([call.delivery])
+            return
+        if self._fast and error is None:
+            call.outcome = "done"
+            self.settler.ack(call.delivery)
+            next(self._done)
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self._conclude, call, error)
+
+    # --- outcomes ----------------------------------------------------------------------------
+
+    def fail(self: Consumer, call: CallContext, error: BaseException) -> None:  # type: ignore[misc]
+        """The call failed (the caller claimed it): the retry policy decides what comes next."""
+        call.error = error
+        call.outcome = "dead"
+        call.reason = "failed"
+        for control in self.controls.classify:  # type: ignore[attr-defined]
+            safely(f"{control.name}.classify", control.classify, call)
+        self.finish(call)
+
+    def verdict(self: Consumer, call: CallContext, verdict: Verdict) -> None:  # type: ignore[misc]
+        call.outcome = verdict.outcome
+        call.reason = verdict.reason
+        if isinstance(verdict, Drop) and verdict.to_dlq:
+            call.stash[_DLQ] = True
+        call.retry_delay = getattr(verdict, "delay", 0.0)
+        self.finish(call)
+
+    def malformed(self: Consumer, delivery: Delivery, exc: MalformedMessage) -> None:  # type: ignore[misc]
+        self.count("malformed")
+        log.error("malformed message on %s sent to %s: %s", self.queue, self.options.dlq, exc)
+        if self.settler.dead_letter_raw(delivery, f"malformed: {exc}"):
+            self.count("dead")
+        if self._after_hooks:
+            call = CallContext(self, delivery, {}, {})
+            call.outcome, call.error, call.reason = "malformed", exc, f"malformed: {exc}"
+            self.call_hook("callq_after_call", call=call)
+
+    def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        """Act on ``call.outcome``, then tell the controls and plugins."""
+        try:
+            self._act(call)
+        except Exception as exc:  # noqa: BLE001 - never leave a delivery unsettled
+            log.exception("could not settle %r; dead-lettering it with its raw body", call)
+            self.settler.dead_letter_raw(call.delivery, f"could not settle ({call.outcome}): "
+                                                        f"{type(exc).__name__}: {exc}")
+        for control in self.controls.settled:  # type: ignore[attr-defined]
+            safely(f"{control.name}.settled", control.settled, call)
+        if self._after_hooks:
+            self.call_hook("callq_after_call", call=call)
+
+    def _act(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        outcome = call.outcome
+        settler = self.settler
+        if outcome == "done":
+            settler.ack(call.delivery)
+            next(self._done)
+        elif outcome == "retry":
+            exc = call.error
+            log.warning("%s failed (attempt %d/%d): %s: %s; retrying in %.2fs", self.task.name,
+                        call.attempt + 1, self.options.max_retries + 1, type(exc).__name__, exc, call.retry_delay)
+            self.count("failed")
+            settler.retry(call)
+            self.count("retried")
+        elif outcome == "requeue":
+            self.count("requeued")
+            settler.requeue([call.delivery], call.retry_delay)
+        elif outcome == "dead":
+            exc = call.error
+            self.count("failed")
+            log.error("%s failed for good after %d attempt(s): %s: %s; dead-lettered to %s", self.task.name,
+                      call.attempt + 1, type(exc).__name__, exc, self.options.dlq)
+            settler.dead_letter(call, call.reason or "failed")
+            self.count("dead")
+        elif outcome in ("expired", "skipped"):
+            self.count(outcome)
+            if call.stash.get(_DLQ):
+                log.warning("%s: %s %s; dead-lettered", self.queue, call.id, call.reason)
+                settler.dead_letter(call, call.reason or outcome)
+                self.count("dead")
+            else:
+                log.log(logging.WARNING if outcome == "expired" else logging.INFO,
+                        "%s: %s %s: %s", self.queue, outcome, call.id, call.reason)
+                settler.ack(call.delivery)
+        else:
+            raise ValueError(f"unknown outcome {outcome!r}")
