@@ -1,4 +1,5 @@
-"""The default results plugin: writes each call's status and result to its task's store.
+"""The default results plugin: a control that writes each call's status and result to its
+task's store (only for tasks that keep results).
 
 Writes go through one background thread per process that batches them (one round trip for
 many calls under load, no waiting when idle), so a call's thread never waits on the store.
@@ -14,6 +15,7 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
+from ..controls import Control
 from ..hookspecs import hookimpl
 from ..message import dumps
 from .store import Record, open_store, store_url_for
@@ -95,25 +97,32 @@ writer = Writer()
 atexit.register(writer.flush)
 
 
-class ResultsPlugin:
-    """Registered by default as ``callq.default.results``."""
+class ResultsControl(Control):
+    """Writes ``running`` when the function starts and the final status once the call settled.
 
-    @hookimpl
-    def callq_before_call(self, call: Any) -> None:
-        call_id = call.id
-        url = store_url_for(call.task.options) if call_id else None
-        if url is None:
-            return
-        writer.put(url, call_id, _record(call, "running"), call.task.options.result_ttl)
+    Applies only to tasks that keep results, so a task without them keeps the fast path.
+    """
 
-    @hookimpl
-    def callq_after_call(self, call: Any) -> None:
+    name = "results"
+    order = 900
+
+    @classmethod
+    def applies(cls, task_options: Any, options: Any) -> bool:
+        return store_url_for(task_options) is not None
+
+    def __init__(self, consumer: Any, options: Any) -> None:
+        super().__init__(consumer, options)
+        self.url = store_url_for(consumer.task.options)
+        self.ttl = consumer.task.options.result_ttl
+
+    def enter(self, call: Any) -> None:
+        if self.url and call.id:
+            writer.put(self.url, call.id, _record(call, "running"), self.ttl)
+
+    def settled(self, call: Any) -> None:
         call_id = call.id
         status = STATUS_OF.get(call.outcome or "")
-        if call_id is None or status is None:
-            return
-        url = store_url_for(call.task.options)
-        if url is None:
+        if call_id is None or status is None or not self.url:
             return
         record = _record(call, status)
         if status == "done":
@@ -127,7 +136,18 @@ class ResultsPlugin:
                 record["error"] = {"type": "TypeError", "traceback": None,
                                    "message": f"the result ({type(call.result).__name__}) is not JSON-serialisable; "
                                               "callq stores JSON results only"}
-        writer.put(url, call_id, record, call.task.options.result_ttl)
+        writer.put(self.url, call_id, record, self.ttl)
+
+    def stop(self) -> None:
+        writer.flush()
+
+
+class ResultsPlugin:
+    """Registered by default as ``callq.default.results``: adds :class:`ResultsControl`."""
+
+    @hookimpl
+    def callq_controls(self) -> list[type[Control]]:
+        return [ResultsControl]
 
     @hookimpl
     def callq_consumer_stopped(self, consumer: Any) -> None:
