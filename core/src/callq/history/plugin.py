@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import Any
 
+import orjson
+
 from ..hookspecs import hookimpl
 
 log = logging.getLogger("callq.history")
@@ -82,7 +84,7 @@ class HistoryPlugin:
             self._pending = len(self._rows) if self._pid == 0 else 0
             if self._pid != 0:
                 self._rows.clear()  # the parent's rows are the parent's to write
-            self._store = None  # never share a connection pool across fork
+                self._store = None  # never share a connection pool across fork
             threading.Thread(target=self._loop, name="callq-history", daemon=True).start()
             self._pid = os.getpid()
 
@@ -135,7 +137,7 @@ def _json(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        return json.dumps(value, ensure_ascii=False, default=repr)
+        return orjson.dumps(value, default=repr).decode()
     except (TypeError, ValueError):
         return json.dumps(repr(value))
 
@@ -175,6 +177,7 @@ def enable(url: str | None = None, **options: Any) -> HistoryPlugin:
     if old is not None:
         unregister(old)
     _enabled = HistoryPlugin(url, **options)
+    _ = _enabled.store  # a bad URL or a missing driver fails here, not in the writer thread
     register(_enabled, name=NAME)
     return _enabled
 

@@ -63,15 +63,17 @@ class Writer:
             self._write_batch()
 
     def _write_batch(self) -> None:
-        batch: dict[str, list[tuple[str, Record, float]]] = defaultdict(list)
+        # by store, then by id: a later record of a call (done) replaces an earlier one (running)
+        batch: dict[str, dict[str, tuple[str, Record, float]]] = defaultdict(dict)
         pop = self._items.popleft
         try:
             for _ in range(5000):
                 url, call_id, record, ttl = pop()
-                batch[url].append((call_id, record, ttl))
+                batch[url][call_id] = (call_id, record, ttl)
         except IndexError:
             pass
-        for url, items in batch.items():
+        for url, by_id in batch.items():
+            items = list(by_id.values())
             try:
                 open_store(url).put_many(items)
             except Exception as exc:  # noqa: BLE001 - a store outage must not stop the writer
@@ -114,6 +116,8 @@ class ResultsControl(Control):
         super().__init__(consumer, options)
         self.url = store_url_for(consumer.task.options)
         self.ttl = consumer.task.options.result_ttl
+        if self.url:
+            open_store(self.url)  # a bad store URL fails the consumer's start, not each call
 
     def enter(self, call: Any) -> None:
         if self.url and call.id:

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
+
 from ..errors import ConfigError
 
 GROUP = "callq.result_stores"
@@ -91,7 +93,7 @@ class StateResultStore(PollingWait):
 
     def put_many(self, items: Sequence[tuple[str, Record, float]]) -> None:
         for call_id, record, ttl in items:
-            self._state.put(_key(call_id), json.dumps(record), ttl=ttl)
+            self._state.put(_key(call_id), orjson.dumps(record).decode(), ttl=ttl)
         self._notify()
 
     def get(self, call_id: str) -> Record | None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis
 
 from callq.errors import BrokerError
@@ -22,6 +23,21 @@ from .broker import redis_client
 
 #: longest single BLPOP (a longer wait loops)
 BLOCK = 5.0
+_dumps = orjson.dumps
+
+# One round trip per batch: ARGV holds (id, record, ttl ms, final) quadruples.
+_PUT = """
+local prefix = KEYS[1] .. ':result:'
+for i = 1, #ARGV, 4 do
+  local key = prefix .. ARGV[i]
+  redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[i + 2])
+  if ARGV[i + 3] == '1' then
+    redis.call('RPUSH', key .. ':wake', 1)
+    redis.call('PEXPIRE', key .. ':wake', ARGV[i + 2])
+  end
+end
+return #ARGV / 4
+"""
 
 
 class RedisResultStore:
@@ -32,20 +48,16 @@ class RedisResultStore:
         plain = BrokerURL.parse(url.split("?", 1)[0])
         self.client = redis_client(plain, socket_timeout=10.0)
         self.blocking = redis_client(plain, socket_timeout=BLOCK + 5.0)
+        self._put = self.client.register_script(_PUT)
 
     def _key(self, call_id: str) -> str:
         return f"{self.prefix}:result:{call_id}"
 
     def put_many(self, items: Sequence[tuple[str, dict[str, Any], float]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        args: list[Any] = []
         for call_id, record, ttl in items:
-            key = self._key(call_id)
-            px = max(1, int(ttl * 1000))
-            pipe.set(key, json.dumps(record), px=px)
-            if record.get("status") in FINAL:
-                pipe.rpush(key + ":wake", 1)
-                pipe.pexpire(key + ":wake", px)
-        self._run("store results", pipe.execute)
+            args += (call_id, _dumps(record), max(1, int(ttl * 1000)), 1 if record.get("status") in FINAL else 0)
+        self._run("store results", lambda: self._put(keys=[self.prefix], args=args))
 
     def get(self, call_id: str) -> dict[str, Any] | None:
         raw = self._run("read a result", lambda: self.client.get(self._key(call_id)))
