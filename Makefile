@@ -14,7 +14,7 @@ $(PY):
 venv: $(PY)
 
 demo: $(PY)
-	$(PY) -m pip install -q -e "core[rich]" -e plugins/sqlite
+	$(PY) -m pip install -q -e "core[rich]"
 	$(PY) examples/quickstart.py
 
 install-all: $(PY)
@@ -26,7 +26,8 @@ test: install-all
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install-all
-	$(PY) bench/run_all.py
+	bash scripts/services.sh
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: install-all
 	$(PY) -m ruff check core plugins tests bench examples

@@ -1,6 +1,6 @@
 """Task-level throughput on memory:// and sqlite://, each beside a raw baseline.
 
-    .venv/bin/python bench/bench_core.py [--calls 100000] [--single 20000]
+    .venv/bin/python bench/bench_core.py [--calls 100000] [--single 20000] [--json]
 
 Rows per broker: publish one by one (``f.push``), batched publish (``f.push_many``) and
 consume of a no-op function by one worker (``f.consume``), against:
@@ -8,6 +8,8 @@ consume of a no-op function by one worker (``f.consume``), against:
   size calling the function;
 - sqlite: raw sqlite3 (WAL, synchronous=NORMAL): INSERT + commit per message; executemany
   in one transaction; SELECT 100 + call each + DELETE them + commit.
+
+``--json`` also prints the rows for bench/run_all.py (bench ``memory`` and ``sqlite``).
 """
 
 from __future__ import annotations
@@ -135,19 +137,30 @@ def show(title: str, ours: dict[str, float], raw: dict[str, float], raw_name: st
         print(f"  {key:22s} {value:12,.0f} {raw[key]:16,.0f} {value / raw[key]:7.2f}")
 
 
+def json_rows(bench: str, ours: dict[str, float], raw: dict[str, float]) -> list[dict]:
+    return [{"bench": bench, "case": f"task {key}", "callq": value, "raw": raw[key], "unit": "calls/s"}
+            for key, value in ours.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=20_000)
+    parser.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     args = parser.parse_args()
     print(f"callq {callq.__version__}, {os.cpu_count()} cores, no-op function, concurrency {CONCURRENCY}")
-    show("memory://", callq_rows("memory://bench", args.single, args.calls),
-         raw_memory(args.single, args.calls), "queue.Queue")
+    ours = callq_rows("memory://bench", args.single, args.calls)
+    raw = raw_memory(args.single, args.calls)
+    show("memory://", ours, raw, "queue.Queue")
+    rows = json_rows("memory", ours, raw)
     with tempfile.TemporaryDirectory() as tmp:
         ours = callq_rows(f"sqlite:///{tmp}/callq.db", args.single // 4, args.calls // 2)
         raw = raw_sqlite(os.path.join(tmp, "raw.db"), args.single // 4, args.calls // 2)
         show("sqlite://", ours, raw, "raw sqlite3")
+        rows += json_rows("sqlite", ours, raw)
     print("\ngoals: memory consume >= 50,000 calls/s; sqlite >= 0.50 of raw sqlite3")
+    if args.json:
+        print("CALLQ_BENCH_JSON " + json.dumps(rows), flush=True)
 
 
 if __name__ == "__main__":

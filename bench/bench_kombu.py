@@ -1,15 +1,17 @@
 """callq-kombu beside raw kombu doing the same work one by one, per transport (redis, amqp).
 
-    .venv/bin/python bench/bench_kombu.py [--n 3000] [--transports redis,amqp]
+    .venv/bin/python bench/bench_kombu.py [--n 3000] [--transports redis,amqp] [--json]
 
 Rows (ratio = callq / raw): publish 1-by-1 (``publish(queue, [body])`` vs ``Producer.publish``),
 publish batched (500 bodies per call vs the raw one-by-one loop), consume (``fetch(100)`` +
-``ack(batch)`` vs a raw ``Consumer`` acking each message in its callback).
+``ack(batch)`` vs a raw ``Consumer`` acking each message in its callback). ``--json`` also
+prints the rows for bench/run_all.py (bench ``kombu+redis``, ``kombu+amqp``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import uuid
 
@@ -77,7 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--transports", default="redis,amqp")
+    ap.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     args = ap.parse_args()
+    rows = []
     print(f"{'transport':<10}{'row':<24}{'callq/s':>10}{'raw kombu/s':>13}{'ratio':>8}")
     for transport in args.transports.split(","):
         tag = uuid.uuid4().hex[:8]
@@ -89,12 +93,16 @@ def main() -> None:
         for row, mine, theirs in (("publish 1-by-1", single, raw_pub), ("publish batched (500)", batched, raw_pub),
                                   ("consume fetch(100)+ack", consume, raw_con)):
             print(f"{transport:<10}{row:<24}{mine:>10,.0f}{theirs:>13,.0f}{mine / theirs:>8.2f}")
+            rows.append({"bench": f"kombu+{transport}", "case": row, "callq": mine, "raw": theirs,
+                         "unit": "calls/s"})
         if transport == "redis":
             client = redis.Redis.from_url(RAW["redis"])
             keys = list(client.scan_iter(match=f"{prefix}*"))
             if keys:
                 client.delete(*keys)
             client.close()
+    if args.json:
+        print("CALLQ_BENCH_JSON " + json.dumps(rows), flush=True)
 
 
 if __name__ == "__main__":

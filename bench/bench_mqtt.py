@@ -1,16 +1,18 @@
 """callq-mqtt beside raw paho-mqtt doing the same work, same machine, same run.
 
-    .venv/bin/python bench/bench_mqtt.py [--n 5000]
+    .venv/bin/python bench/bench_mqtt.py [--n 5000] [--json]
 
 Rows (ratio = callq / raw): publish 1-by-1 (QoS 1, each waits for its PUBACK) vs paho
 ``publish`` + ``wait_for_publish``; publish batched (500 bodies per call, PUBACKs awaited after
 the batch) vs the same raw one-by-one loop; consume (messages through a shared subscription
 taken with ``fetch(100)``) vs raw paho ``on_message`` counting, both while a producer publishes.
+``--json`` also prints the rows for bench/run_all.py (bench ``mqtt``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 import uuid
@@ -87,14 +89,20 @@ def callq_rates(topic: str, n: int) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:8]
     raw_pub, raw_con = raw_rates(f"bench-raw-{tag}", args.n)
     single, batched, consume = callq_rates(f"bench-cq-{tag}", args.n)
     print(f"{'row':<28}{'callq/s':>10}{'raw paho/s':>12}{'ratio':>8}")
-    for row, mine, theirs in (("publish 1-by-1 (QoS 1)", single, raw_pub), ("publish batched (500)", batched, raw_pub),
-                              ("consume (during publish)", consume, raw_con)):
+    rows = (("publish 1-by-1 (QoS 1)", single, raw_pub), ("publish batched (500)", batched, raw_pub),
+            ("consume (during publish)", consume, raw_con))
+    for row, mine, theirs in rows:
         print(f"{row:<28}{mine:>10,.0f}{theirs:>12,.0f}{mine / theirs:>8.2f}")
+    if args.json:
+        print("CALLQ_BENCH_JSON " + json.dumps([
+            {"bench": "mqtt", "case": row, "callq": mine, "raw": theirs, "unit": "calls/s"}
+            for row, mine, theirs in rows]), flush=True)
 
 
 if __name__ == "__main__":

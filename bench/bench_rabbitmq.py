@@ -1,6 +1,6 @@
 """callq-rabbitmq beside raw pika doing the same work, same machine, same run.
 
-    .venv/bin/python bench/bench_rabbitmq.py [--single 1500] [--batched 20000] [--consume 20000]
+    .venv/bin/python bench/bench_rabbitmq.py [--single 1500] [--batched 20000] [--consume 20000] [--json]
 
 Rows (ratio = callq / raw, higher is better):
 
@@ -10,12 +10,14 @@ Rows (ratio = callq / raw, higher is better):
   same raw one-by-one confirmed loop.
 * consume: ``fetch(100)`` + ``ack(batch)`` vs raw ``basic_consume`` (prefetch 100) acking each.
 
-Queues are fresh and deleted at the end.
+Queues are fresh and deleted at the end. ``--json`` also prints the rows for
+bench/run_all.py (bench ``rabbitmq``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import uuid
 
@@ -67,6 +69,7 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=1500)
     ap.add_argument("--batched", type=int, default=20000)
     ap.add_argument("--consume", type=int, default=20000)
+    ap.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     args = ap.parse_args()
     raw_q, cq_q = f"bench-raw-{uuid.uuid4().hex[:8]}", f"bench-cq-{uuid.uuid4().hex[:8]}"
     rconn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
@@ -93,6 +96,10 @@ def main() -> None:
         print(f"{'row':<26}{'callq/s':>12}{'raw pika/s':>14}{'ratio':>8}")
         for name, mine, theirs in rows:
             print(f"{name:<26}{mine:>12,.0f}{theirs:>14,.0f}{mine / theirs:>8.2f}")
+        if args.json:
+            print("CALLQ_BENCH_JSON " + json.dumps([
+                {"bench": "rabbitmq", "case": name, "callq": mine, "raw": theirs, "unit": "calls/s"}
+                for name, mine, theirs in rows]), flush=True)
     finally:
         conn.close()
         ch.queue_delete(raw_q)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_redis.py [--single 4500] [--batched 60000] [--consume 9000]
                                           [--worker 10000] [--concurrency 8] [--rounds 5]
-                                          [--modes reliable,lmove,fast,stream]
+                                          [--modes reliable,lmove,fast,stream] [--json]
 
 The task's function does one Redis INCR, so every consume loop pays the same round trip per call.
 Rows (ratio = callq / raw, higher is better):
@@ -16,7 +16,8 @@ Rows (ratio = callq / raw, higher is better):
 * worker: a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the
   same raw loop; also its peak RSS (ru_maxrss of the worker process).
 
-Every key lives under a fresh prefix and is deleted at the end.
+Every key lives under a fresh prefix and is deleted at the end. ``--json`` also prints the
+rows for bench/run_all.py (bench ``redis`` per mode, and ``redis+stream``).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--modes", default="reliable,lmove,fast,stream")
+    ap.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     ap.add_argument("--worker-child", nargs=5, metavar=("URL", "QUEUE", "COUNTER", "N", "CONCURRENCY"))
     args = ap.parse_args()
     if args.worker_child:
@@ -187,6 +189,7 @@ def main() -> None:
           f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; best of {args.rounds} "
           "alternating rounds per row")
     rounds = args.rounds
+    rows: list[dict] = []
 
     def best_of(ours: Callable[[int], int], raw: Callable[[int], int], n: int,
                 setup: Callable[[int], None] | None = None) -> tuple[float, float]:
@@ -205,6 +208,14 @@ def main() -> None:
             print(f"--- {mode}: {url_for(mode, prefix)}")
             url = url_for(mode, f"{prefix}-{mode}")
             conn = Connection(url)
+            bench = "redis+stream" if mode == "stream" else "redis"
+            label = "" if mode == "stream" else f"{mode} "
+
+            def report(case: str, ours: float, raw: float | None, unit: str = "calls/s",
+                       bench: str = bench, label: str = label) -> None:
+                if raw is not None:
+                    row(case, ours, raw)
+                rows.append({"bench": bench, "case": label + case, "callq": ours, "raw": raw, "unit": unit})
 
             def clear(_: int, c: Connection = conn) -> None:
                 c.purge(QUEUE)
@@ -216,20 +227,21 @@ def main() -> None:
                 raw_batched(r, raw_key, n, 1000)
 
             try:
-                row("publish 1-by-1", *best_of(lambda n, c=conn: callq_single(c, n),
+                report("publish 1-by-1", *best_of(lambda n, c=conn: callq_single(c, n),
                                                lambda n: raw_single(r, raw_key, n), args.single, clear))
-                row(f"publish batched ({args.batch}/call)",
+                report(f"publish batched ({args.batch}/call)",
                     *best_of(lambda n, c=conn: callq_batched(c, n, args.batch),
                              lambda n: raw_batched(r, raw_key, n, args.batch), args.batched, clear))
                 cons, raw_cons = best_of(lambda n, c=conn: callq_consume(c, r, counter, n, args.fetch),
                                          lambda n: raw_consume(r, raw_key, counter, n, args.fetch),
                                          args.consume, fill)
-                row(f"consume loop (fetch {args.fetch} + ack)", cons, raw_cons)
+                report(f"consume loop (fetch {args.fetch} + ack)", cons, raw_cons)
                 if args.worker:
                     clear(0)
                     res = run_worker(url, conn, r, counter, args.worker, args.concurrency)
-                    row(f"worker (concurrency {args.concurrency})", res["rate"], raw_cons)
+                    report(f"worker (concurrency {args.concurrency})", res["rate"], raw_cons)
                     print(f"{'worker peak RSS':<34} {res['rss_mb']:>9.1f} MB", flush=True)
+                    report("worker peak RSS", res["rss_mb"], None, "MB")
                 clear(0)
             finally:
                 conn.close()
@@ -238,6 +250,8 @@ def main() -> None:
         if keys:
             r.delete(*keys)
         r.close()
+    if args.json:
+        print("CALLQ_BENCH_JSON " + json.dumps(rows), flush=True)
 
 
 if __name__ == "__main__":

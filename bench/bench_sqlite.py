@@ -1,13 +1,15 @@
-"""callq-sqlite against raw sqlite3 doing the same work on the same machine.
+"""callq's sqlite broker against raw sqlite3 doing the same work on the same machine.
 
     .venv/bin/python bench/bench_sqlite.py [--single 5000] [--batched 100000] [--batch 1000] [--fetch 100]
+                                           [--rounds 3] [--json]
 
 Rows: publish one by one (a commit each), batched publish (``--batch`` bodies per call,
 one transaction), consume (fetch ``--fetch`` + ack them). The raw baseline is the least
 a queue on sqlite must do: INSERT + commit per message; executemany in one transaction;
 SELECT a batch + DELETE it + commit. Both use WAL and synchronous=NORMAL on a fresh file.
-A last row compares consume with the SQL callq-sqlite itself runs (claim the batch with a
+A last row compares consume with the SQL callq's sqlite broker itself runs (claim the batch with a
 lease and commit, then delete it on ack), run straight on sqlite3.
+``--json`` also prints the rows for bench/run_all.py (bench ``sqlite``).
 """
 
 from __future__ import annotations
@@ -75,16 +77,16 @@ def raw_consume(db: sqlite3.Connection, n: int, batch: int) -> int:
 
 
 def raw_leased_consume(path: str, bodies: list[bytes], n: int, batch: int) -> float:
-    """The same SQL as callq-sqlite's fetch + ack (claim with a lease, then delete), no Python layer."""
-    from callq_sqlite import broker as sq
+    """The same SQL as the sqlite broker's fetch + ack (claim with a lease, then delete), no Python layer."""
+    from callq.brokers.sqlite import schema as sq
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    for statement in sq._SCHEMA:
+    for statement in sq.SCHEMA:
         db.execute(statement)
     db.execute("BEGIN")
-    db.executemany(sq._INSERT, [(QUEUE, 0, time.time(), b) for b in bodies[:n]])
+    db.executemany(sq.INSERT, [(QUEUE, 0, time.time(), b) for b in bodies[:n]])
     db.execute("COMMIT")
 
     def consume() -> int:
@@ -92,14 +94,14 @@ def raw_leased_consume(path: str, bodies: list[bytes], n: int, batch: int) -> fl
         while got < n:
             db.execute("BEGIN IMMEDIATE")
             now = time.time()
-            prio = db.execute(sq._TOP_PRIORITY, (QUEUE,)).fetchone()[0]
-            rows = db.execute(sq._SELECT_READY, (QUEUE, prio, now, batch)).fetchall()
+            prio = db.execute(sq.TOP_PRIORITY, (QUEUE,)).fetchone()[0]
+            rows = db.execute(sq.SELECT_READY, (QUEUE, prio, now, batch)).fetchall()
             ids = [r[0] for r in rows]
             marks = ",".join("?" * len(ids))
-            claim = sq._new_claim()
-            db.execute(sq._CLAIM.format(marks), (claim, now + 30, *ids))
+            claim = sq.new_claim()
+            db.execute(sq.CLAIM.format(marks), (claim, now + 30, *ids))
             db.execute("COMMIT")
-            db.execute(sq._ACK.format(marks), (claim, *ids))
+            db.execute(sq.ACK.format(marks), (claim, *ids))
             got += len(rows)
         return got
 
@@ -139,6 +141,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="bodies per batched publish")
     parser.add_argument("--fetch", type=int, default=100, help="messages per fetch (and ack)")
     parser.add_argument("--rounds", type=int, default=3, help="best of this many rounds")
+    parser.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     args = parser.parse_args()
 
     single = [body(i) for i in range(args.single)]
@@ -174,7 +177,13 @@ def main() -> None:
         print(f"{row:24}{ours:14,.0f}{raw:14,.0f}{ours / raw:8.0%}")
     ours, raw = best["callq", "consume (fetch+ack)"], best["raw", "lease SQL"]
     print(f"{'consume vs lease SQL':24}{ours:14,.0f}{raw:14,.0f}{ours / raw:8.0%}"
-          "   (raw = callq-sqlite's own claim+delete SQL: what at-least-once costs in sqlite)")
+          "   (raw = the broker's own claim+delete SQL: what at-least-once costs in sqlite)")
+    if args.json:
+        rows = [{"bench": "sqlite", "case": f"conn {row}", "callq": best["callq", row], "raw": best["raw", row],
+                 "unit": "calls/s"} for row in ("publish one by one", "publish batched", "consume (fetch+ack)")]
+        rows.append({"bench": "sqlite", "case": "conn consume vs lease SQL", "callq": ours, "raw": raw,
+                     "unit": "calls/s"})
+        print("CALLQ_BENCH_JSON " + json.dumps(rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ single second (count of starts in it vs the target), and threads alive vs the go
 0.01 s again, and prints threads alive per 5 s to show growth and shrink.
 Goals: error <= 1 %; every second within +-10 % (for qps >= 10); threads <= 1.2 x qps x
 mean latency; shrink back within 30 s after latency falls.
+
+Not part of ``make bench`` (bench/run_all.py runs bench_*.py only): it measures rate
+precision and pool size over minutes, not throughput against a raw client.
 """
 
 from __future__ import annotations

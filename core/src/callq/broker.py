@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 from .plugins import CallqPluginManager, connection_plugin_manager, get_plugin_manager
@@ -79,6 +79,13 @@ class BrokerBase:
     capabilities: Capabilities = Capabilities()
     #: how often the worker calls ``callq_heartbeat`` (seconds); may be set per instance
     heartbeat_interval: float = 5.0
+    #: queue names this broker accepts (checked when a task is decorated, dead-letter name
+    #: included): at most this many UTF-8 bytes ...
+    max_queue_name: ClassVar[int] = 200
+    #: ... matching this regular expression in full ...
+    queue_name_pattern: ClassVar[str] = r"[^\x00-\x1f\x7f]+"
+    #: ... which says this in words, for the error message
+    queue_name_rule: ClassVar[str] = "no control characters"
 
     def __init__(self, url: BrokerURL) -> None:
         self.url = url
@@ -91,6 +98,25 @@ class BrokerBase:
 
     def callq_close(self) -> bool:
         return True
+
+
+def check_queue_name(url: str | None, queue: str) -> None:
+    """ConfigError if the broker of ``url`` would refuse ``queue`` (its plugin not installed: no check)."""
+    import re
+
+    from .plugins import load_broker_class
+
+    try:
+        cls = load_broker_class(BrokerURL.parse(resolve_url(url)).scheme)
+    except ConfigError:
+        return  # an unknown scheme or a bad URL is reported, clearly, when it is opened
+    limit = getattr(cls, "max_queue_name", BrokerBase.max_queue_name)
+    pattern = getattr(cls, "queue_name_pattern", BrokerBase.queue_name_pattern)
+    size = len(queue.encode())
+    if size > limit or not re.fullmatch(pattern, queue):
+        rule = getattr(cls, "queue_name_rule", BrokerBase.queue_name_rule)
+        raise ConfigError(f"queue name {queue!r:.80} is not accepted by {cls.__name__}: at most {limit} "
+                          f"bytes (this one has {size}), {rule}")
 
 
 class Connection:

@@ -231,6 +231,8 @@ class CallRunner:
 
     def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         """Act on ``call.outcome``, then tell the controls and plugins."""
+        if self.aborted:
+            return  # its message went back to the queue when the consumer stopped at once
         try:
             self._act(call)
         except Exception as exc:  # noqa: BLE001 - never leave a delivery unsettled

@@ -24,7 +24,7 @@ from .calls import CallRunner
 from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
-from .lifecycle import register_running, unregister_running
+from .lifecycle import register_running, report_crash, unregister_running
 from .message import MalformedMessage, decode
 from .pool import AsyncioPool, ElasticPool
 from .settle import HOST, Settler
@@ -91,6 +91,8 @@ class Consumer(CallRunner):
         self._refill_at = max(1, self.limit // 2)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self.aborted = False
+        self._handed_back = threading.Event()
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._done = itertools.count()  # next() is atomic: the hot path takes no lock
         self._started_at = 0.0
@@ -139,6 +141,24 @@ class Consumer(CallRunner):
         self.settler.wake.set()
         with self._lock:
             self._lock.notify_all()
+
+    def abort(self) -> None:
+        """Stop at once: ack what finished, give every unfinished message back (running calls
+        included: they will run again, at-least-once) and let the process exit."""
+        if self.aborted:
+            return
+        self.aborted = True
+        self.stop()
+        try:
+            self.settler.flush()
+            self.settler.closed = True
+            log.warning("%s: stopping at once: %d unfinished message(s) go back to the queue (%d call(s) "
+                        "still running will run again)", self.queue, self._unacked, self.pool.busy)
+            self.conn.close()  # a broker gives back every unacked delivery on close
+        except Exception:  # noqa: BLE001
+            log.exception("%s: handing back messages failed; they return after the broker's lease", self.queue)
+        finally:
+            self._handed_back.set()
 
     def join(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -251,6 +271,7 @@ class Consumer(CallRunner):
         except BaseException as exc:  # noqa: BLE001
             self.error = exc
             log.exception("dispatcher of %s crashed; stopping this consumer", self.queue)
+            report_crash(f"consumer of {self.queue} crashed: {type(exc).__name__}: {exc}")
         finally:
             self._shutdown()
 
@@ -362,13 +383,19 @@ class Consumer(CallRunner):
         with self._lock:
             held = [call.delivery for _, _, call in self._held]
             self._held.clear()
-        if held:
+        if held and not self.aborted:
             self.settler.requeue(held)
-        if not self.pool.wait_idle(self.options.shutdown_timeout):
-            log.warning("%d call(s) of %s still running after %.0fs; their messages return after the lease",
-                        self.pool.busy, self.queue, self.options.shutdown_timeout)
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        while not self.aborted and not self.pool.wait_idle(0.1):  # a second signal cuts this short
+            if time.monotonic() > deadline:
+                log.warning("%d call(s) of %s still running after %.0fs; their messages return after the "
+                            "lease", self.pool.busy, self.queue, self.options.shutdown_timeout)
+                break
+        if self.aborted:
+            self._handed_back.wait(5)
+        else:
+            self.settler.drain(10)
         self.pool.shutdown()
-        self.settler.drain(10)
         self._stopped.set()
         self.settler.wake.set()
         for control in self.controls.stop:  # type: ignore[attr-defined]

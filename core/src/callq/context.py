@@ -23,7 +23,7 @@ class CallContext:
     """
 
     __slots__ = ("task", "queue", "kwargs", "meta", "delivery", "outcome", "error", "result",
-                 "started_at", "finished_at", "consumer", "stash", "reason", "retry_delay",
+                 "started_at", "finished_at", "consumer", "_stash", "reason", "retry_delay",
                  "_settled", "__weakref__")
 
     def __init__(self, consumer: Consumer, delivery: Delivery, kwargs: dict[str, Any],
@@ -39,10 +39,18 @@ class CallContext:
         self.result: Any = None
         self.started_at = 0.0
         self.finished_at = 0.0
-        self.stash: dict[str, Any] = {}
+        self._stash: dict[str, Any] | None = None
         self.reason: str | None = None  # why: dead-letter reason, expiry, skip
         self.retry_delay = 0.0
         self._settled = False
+
+    @property
+    def stash(self) -> dict[str, Any]:
+        """Plugins' and controls' own data for this call (key by your plugin's name)."""
+        stash = self._stash
+        if stash is None:
+            stash = self._stash = {}
+        return stash
 
     @property
     def id(self) -> str | None:

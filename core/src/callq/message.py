@@ -82,22 +82,28 @@ def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     return payload, meta
 
 
-_TIMES = ("published_at", "eta", "expires_at")
+def _bad(name: str, value: Any, expected: str) -> MalformedMessage:
+    return MalformedMessage(f"{META_KEY}.{name} must be {expected}, got {value!r:.80}")
 
 
 def check_meta(meta: dict[str, Any]) -> None:
     """Every metadata field core reads has its type and range, or MalformedMessage says which not."""
-    msg_id = meta.get("id")
-    if msg_id is not None and (not isinstance(msg_id, str) or not 0 < len(msg_id) <= 200):
-        raise MalformedMessage(f"{META_KEY}.id must be a string of 1 to 200 characters, got {msg_id!r:.80}")
-    for name in _TIMES:
-        value = meta.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not 0 <= value < 1e11):
-            raise MalformedMessage(f"{META_KEY}.{name} must be a UNIX time in seconds, got {value!r:.80}")
-    attempt = meta.get("attempt")
-    if attempt is not None and (isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 1_000_000):
-        raise MalformedMessage(f"{META_KEY}.attempt must be an integer >= 0, got {attempt!r:.80}")
+    get = meta.get
+    v = get("id")
+    if v is not None and (type(v) is not str or not 0 < len(v) <= 200):
+        raise _bad("id", v, "a string of 1 to 200 characters")
+    v = get("published_at")
+    if v is not None and not ((type(v) is float or type(v) is int) and 0 <= v < 1e11):
+        raise _bad("published_at", v, "a UNIX time in seconds")
+    v = get("eta")
+    if v is not None and not ((type(v) is float or type(v) is int) and 0 <= v < 1e11):
+        raise _bad("eta", v, "a UNIX time in seconds")
+    v = get("expires_at")
+    if v is not None and not ((type(v) is float or type(v) is int) and 0 <= v < 1e11):
+        raise _bad("expires_at", v, "a UNIX time in seconds")
+    v = get("attempt")
+    if v is not None and (type(v) is not int or not 0 <= v < 1_000_000):
+        raise _bad("attempt", v, "an integer >= 0")
 
 
 def raw_for_dead_letter(body: bytes) -> dict[str, str]:

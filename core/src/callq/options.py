@@ -6,7 +6,6 @@ import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -133,7 +132,7 @@ class TaskOptions:
         ):
             raise ConfigError("controls must map control names to dicts of their options, "
                               f"e.g. {{'circuit_breaker': {{'failures': 5}}}}; got {self.controls!r}")
-        object.__setattr__(self, "controls", MappingProxyType({k: dict(v) for k, v in self.controls.items()}))
+        object.__setattr__(self, "controls", {k: dict(v) for k, v in self.controls.items()})
         if self.dead_letter_queue == self.queue:
             raise ConfigError("dead_letter_queue must differ from queue")
 

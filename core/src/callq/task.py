@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
-from .broker import Connection, connect
+from .broker import Connection, check_queue_name, connect
 from .consumer import Consumer, Stats
 from .controls import check_task_controls
 from .controls.pause import pause_key
@@ -50,6 +50,8 @@ class Task(Generic[P, R]):
         self._consumer: Consumer | None = None
         self._consumer_lock = threading.Lock()
         check_task_controls(options)
+        check_queue_name(options.broker, options.queue)
+        check_queue_name(options.broker, options.dlq)
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:

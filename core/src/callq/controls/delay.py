@@ -19,7 +19,7 @@ class Delay(Control):
     order = 400
 
     def admit(self, call: CallContext) -> Verdict | None:
-        eta = call.meta.get("eta") if call.meta else None
+        eta = call.meta.get("eta")
         if eta is not None and eta - time.time() > EARLY:
             return Hold("due later", until=eta)
         return None

@@ -19,21 +19,23 @@ class Expiry(Control):
         # a message may carry its own expires_at / eta whatever the task's options
         return True
 
-    def admit(self, call: CallContext) -> Verdict | None:
-        meta = call.meta
-        if not meta:
-            return None
+    def start(self) -> None:
         opts = self.consumer.options
-        now = time.time()
-        expires_at = meta.get("expires_at")
-        if expires_at is None and opts.expires is not None:
-            published = meta.get("published_at")
+        self.expires, self.grace, self.to_dlq = opts.expires, opts.misfire_grace, opts.expired_to_dlq
+
+    def admit(self, call: CallContext) -> Verdict | None:
+        get = call.meta.get
+        expires_at = get("expires_at")
+        if expires_at is None and self.expires is not None:
+            published = get("published_at")
             if published is not None:
-                expires_at = published + opts.expires
+                expires_at = published + self.expires
+        eta = get("eta") if self.grace is not None else None
+        if expires_at is None and eta is None:
+            return None
+        now = time.time()
         if expires_at is not None and now > expires_at:
-            return Drop(f"expired {now - expires_at:.1f}s ago", to_dlq=opts.expired_to_dlq)
-        eta = meta.get("eta")
-        grace = opts.misfire_grace
-        if eta is not None and grace is not None and now - eta > grace:
-            return Drop(f"misfired: due {now - eta:.1f}s ago, grace {grace}s", to_dlq=opts.expired_to_dlq)
+            return Drop(f"expired {now - expires_at:.1f}s ago", to_dlq=self.to_dlq)
+        if eta is not None and now - eta > self.grace:  # type: ignore[operator]
+            return Drop(f"misfired: due {now - eta:.1f}s ago, grace {self.grace}s", to_dlq=self.to_dlq)
         return None

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from callq.broker import Connection
-from callq_sqlite.broker import _SCHEMA, SCHEMA_VERSION, TABLE
-from callq_sqlite.state import STATE_TABLE, prefix_end
+from callq.brokers.sqlite.schema import SCHEMA, SCHEMA_VERSION, TABLE
+from callq.brokers.sqlite.state import STATE_TABLE, prefix_end
 
 # Each process waits for the same start instant, then races for every key once.
 _RACE = r"""
@@ -126,7 +126,7 @@ def test_scan_uses_the_primary_key(open_conn, tmp_path: Path) -> None:
     open_conn()
     raw = sqlite3.connect(str(tmp_path / "queues.db"))
     try:
-        from callq_sqlite.state import _SCAN_RANGE
+        from callq.brokers.sqlite.state import _SCAN_RANGE
         plan = " ".join(row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + _SCAN_RANGE, ("a", "b", 0)))
     finally:
         raw.close()
@@ -136,7 +136,7 @@ def test_scan_uses_the_primary_key(open_conn, tmp_path: Path) -> None:
 def test_a_file_written_before_the_state_table_opens_and_keeps_its_messages(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     raw = sqlite3.connect(str(path), isolation_level=None)
-    for statement in _SCHEMA:  # the layout as callq-sqlite wrote it before the store existed
+    for statement in SCHEMA:  # the layout as callq wrote it before the store existed
         raw.execute(statement)
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     raw.execute(f"INSERT INTO {TABLE} (queue, priority, available_at, body) VALUES ('q', 0, 0, x'7b7d')")
@@ -163,7 +163,7 @@ def test_a_file_of_another_layout_is_still_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "future.db"
     raw = sqlite3.connect(str(path), isolation_level=None)
-    for statement in _SCHEMA:
+    for statement in SCHEMA:
         raw.execute(statement)
     raw.execute("PRAGMA user_version = 99")
     raw.close()

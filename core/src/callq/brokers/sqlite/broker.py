@@ -1,10 +1,7 @@
 """``sqlite:///path.db``: a persistent queue in one sqlite file, shared by the processes of one machine.
 
-One table holds every queue. A row is *waiting* (``claim`` NULL) or *leased* (``claim`` set
-to the random number of the fetch that took it). ``available_at`` is when a waiting row
-may be delivered, and for a leased row when its lease ends; so one condition,
-``available_at <= now``, finds both ready rows and rows whose consumer died (stopped
-heartbeating), and one index serves fetch, size and purge.
+The table layout and SQL are in :mod:`.schema`; connections, the in-process wake-up signal
+and fork safety in :mod:`.pool`; the shared key-value store in :mod:`.state`.
 """
 
 from __future__ import annotations
@@ -23,127 +20,13 @@ from callq.errors import BrokerError, ConfigError
 from callq.state import StateStore
 from callq.url import BrokerURL
 
-from .state import STATE_SCHEMA, SqliteState
+from . import schema as sql
+from .pool import ConnectionPool, signal_for
+from .state import SqliteState
 
 log = logging.getLogger("callq.sqlite")
 
-TABLE = "callq_messages"
-
-_SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-        id INTEGER PRIMARY KEY,
-        queue TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        available_at REAL NOT NULL,       -- waiting: deliverable from; leased: lease end
-        claim INTEGER,                    -- random id of the fetch holding the lease; NULL while waiting
-        redelivered INTEGER NOT NULL DEFAULT 0,  -- 1 once requeued or released
-        body BLOB NOT NULL
-    )""",
-    # Serves fetch (a range seek per queue and priority on available_at <= now), next-due,
-    # size and purge (claim is in the index, so they never read the table).
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_fetch ON {TABLE} (queue, priority DESC, available_at, claim)",
-)
-
-#: ``PRAGMA user_version`` of the message layout; a file with another layout is refused.
-#: Additive changes that every reader of the layout can ignore (the ``callq_state`` table,
-#: created by ``CREATE TABLE IF NOT EXISTS`` on open) keep the number, so a file stays
-#: usable by older and newer callq-sqlite at once; see docs/brokers/sqlite.md.
-SCHEMA_VERSION = 1
-
-_INSERT = f"INSERT INTO {TABLE} (queue, priority, available_at, body) VALUES (?, ?, ?, ?)"
-# Every statement below seeks the index; none scans a queue's rows (a queue may hold a
-# large backlog of delayed messages). Priorities are walked one by one, highest first.
-_TOP_PRIORITY = f"SELECT max(priority) FROM {TABLE} WHERE queue = ?"
-_NEXT_PRIORITY = f"SELECT max(priority) FROM {TABLE} WHERE queue = ? AND priority < ?"
-_SELECT_READY = (
-    f"SELECT id, body, redelivered, claim FROM {TABLE} "
-    "WHERE queue = ? AND priority = ? AND available_at <= ? ORDER BY available_at LIMIT ?"
-)
-# When the next row of a queue becomes available (NULL: the queue is empty).
-_NEXT_DUE = f"""WITH RECURSIVE levels(prio) AS (
-    SELECT max(priority) FROM {TABLE} WHERE queue = ?1
-    UNION ALL
-    SELECT (SELECT max(priority) FROM {TABLE} WHERE queue = ?1 AND priority < levels.prio)
-    FROM levels WHERE levels.prio IS NOT NULL
-)
-SELECT min((SELECT min(available_at) FROM {TABLE} WHERE queue = ?1 AND priority = levels.prio))
-FROM levels WHERE levels.prio IS NOT NULL"""
-_WAITING = "queue = ? AND (claim IS NULL OR available_at <= ?)"
-_CLAIM = f"UPDATE {TABLE} SET claim = ?, available_at = ? WHERE id IN ({{}})"
-_ACK = f"DELETE FROM {TABLE} WHERE claim = ? AND id IN ({{}})"
-_RELEASE = f"UPDATE {TABLE} SET claim = NULL, available_at = ?, redelivered = 1 WHERE claim = ? AND id IN ({{}})"
-_EXTEND = f"UPDATE {TABLE} SET available_at = ? WHERE claim = ? AND id IN ({{}})"
-_STILL_MINE = f"SELECT id FROM {TABLE} WHERE claim = ? AND id IN ({{}})"
-_SIZE = f"SELECT count(*) FROM {TABLE} WHERE {_WAITING}"
-_PURGE = f"DELETE FROM {TABLE} WHERE {_WAITING}"
-
-#: ids per ``IN (...)`` list; below every sqlite build's variable limit (999 before 3.32)
-_CHUNK = 500
-_MAX_IDLE_CONNECTIONS = 16
-
 _KNOWN_PARAMS = ("lease", "heartbeat", "poll", "busy_timeout", "synchronous")
-
-
-# --- process-wide helpers ------------------------------------------------------------------
-
-
-class _Signal:
-    """Wakes fetchers of this process when something on the same file changed.
-
-    Other processes cannot notify us; fetch polls for their changes.
-    """
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.generation = 0
-
-    def notify(self) -> None:
-        with self.cond:
-            self.generation += 1
-            self.cond.notify_all()
-
-    def wait(self, seen: int, seconds: float) -> None:
-        with self.cond:
-            if self.generation == seen:
-                self.cond.wait(seconds)
-
-
-_signals: dict[str, _Signal] = {}
-_signals_lock = threading.Lock()
-_fork_generation = 0
-
-
-def _signal_for(path: str) -> _Signal:
-    with _signals_lock:
-        sig = _signals.get(path)
-        if sig is None:
-            sig = _signals[path] = _Signal()
-        return sig
-
-
-def _new_claim() -> int:
-    """A random number in [1, 2**31), from os.urandom so forks do not repeat it.
-
-    It only has to differ from the other claims *of the same row id* (every statement
-    matches claim and id together), so 31 bits suffice; a 4-byte integer keeps the
-    row and index entry small when a claim stamps them.
-    """
-    return int.from_bytes(os.urandom(4), "big") >> 1 or 1
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation, _signals_lock
-    _fork_generation += 1
-    _signals_lock = threading.Lock()
-    _signals.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def database_path(url: BrokerURL) -> str:
@@ -206,22 +89,25 @@ class SqliteBroker(BrokerBase):
             shared_state=True,
             redelivery_timeout=self.lease + self.poll + 0.5,
         )
-        self._signal = _signal_for(self.path)
-        self._lock = threading.Lock()
-        self._idle: list[sqlite3.Connection] = []
-        self._fork_generation = _fork_generation
+        self._signal = signal_for(self.path)
+        self._lock = threading.Lock()  # guards _inflight and _recovered
         self._inflight: dict[int, int] = {}  # row id -> claim, fetched and not acked/requeued
         self._backlog: set[str] = set()  # queues whose last fetch came back full
         self._recovered = 0
-        self._closed = False
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"broker URL {url}: cannot create directory {directory}: {exc}") from None
+        self._pool = ConnectionPool(self.path, self.busy_timeout, self.synchronous, self._after_fork)
+        # borrow and return a connection (also used by SqliteState); bound once, for speed
+        self._checkout = self._pool.checkout
+        self._checkin = self._pool.checkin
         db = self._checkout()
         try:
-            self._create_schema(db)
+            sql.create_schema(db, self.path)
+        except sqlite3.Error as exc:
+            raise BrokerError(f"sqlite: cannot create the schema in {self.path}: {exc}") from exc
         finally:
             self._checkin(db)
         self._state = SqliteState(self)
@@ -231,96 +117,32 @@ class SqliteBroker(BrokerBase):
 
     # --- connections ------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self.busy_timeout,
-                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-                check_same_thread=False,  # pooled: used by one thread at a time
-                cached_statements=256,
-            )
-        except sqlite3.Error as exc:
-            raise BrokerError(f"sqlite: cannot open {self.path}: {exc}") from exc
-        try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                log.warning("sqlite %s: WAL mode refused (journal_mode=%s)", self.path, mode)
-            db.execute(f"PRAGMA synchronous={self.synchronous}")
-        except sqlite3.Error as exc:
-            db.close()
-            raise BrokerError(f"sqlite: cannot set up {self.path}: {exc}") from exc
-        return db
-
-    def _checkout(self) -> sqlite3.Connection:
-        if self._closed:
-            raise BrokerError(f"sqlite broker {self.path} is closed")
-        if self._fork_generation != _fork_generation:
-            self._after_fork()
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
-
     def _after_fork(self) -> None:
-        # Inherited sqlite connections must never be used (nor closed) in the child, and
-        # the parent's leases are not ours; locks may have been held by a parent's thread.
+        # In a forked child: the parent's leases are not ours, and its threads may have
+        # held our lock.
         self._lock = threading.Lock()
-        self._idle = []
         self._inflight = {}
         self._recovered = 0
-        self._signal = _signal_for(self.path)
-        self._fork_generation = _fork_generation
-
-    def _checkin(self, db: sqlite3.Connection) -> None:
-        if db.in_transaction:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:  # pragma: no cover - broken connection
-                db.close()
-                return
-        with self._lock:
-            if not self._closed and len(self._idle) < _MAX_IDLE_CONNECTIONS:
-                self._idle.append(db)
-                return
-        db.close()
-
-    def _create_schema(self, db: sqlite3.Connection) -> None:
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            has_table = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone()
-            if has_table and version != SCHEMA_VERSION:
-                raise ConfigError(
-                    f"sqlite file {self.path} holds callq queues of layout {version}; this "
-                    f"callq-sqlite uses layout {SCHEMA_VERSION}: drain it with the callq-sqlite "
-                    "that wrote it, or use another file")
-            for statement in (*_SCHEMA, *STATE_SCHEMA):
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise BrokerError(f"sqlite: cannot create the schema in {self.path}: {exc}") from exc
+        self._signal = signal_for(self.path)
 
     def _fail(self, operation: str, exc: sqlite3.Error) -> BrokerError:
         return BrokerError(f"sqlite {operation} on {self.path} failed: {exc}")
 
     @staticmethod
-    def _by_claim(db: sqlite3.Connection, sql: str, head: tuple[Any, ...], by_claim: dict[int, list[int]]) -> int:
-        """Run ``sql`` (``... claim = ? AND id IN ({})``) per claim, in chunks of ids, in one
+    def _by_claim(db: sqlite3.Connection, statement: str, head: tuple[Any, ...], by_claim: dict[int, list[int]]) -> int:
+        """Run ``statement`` (``... claim = ? AND id IN ({})``) per claim, in chunks of ids, in one
         transaction; ``head`` are the parameters before the claim. Return the rows changed."""
         statements = [
-            (claim, ids[start:start + _CHUNK])
-            for claim, ids in by_claim.items() for start in range(0, len(ids), _CHUNK)
+            (claim, ids[start:start + sql.CHUNK])
+            for claim, ids in by_claim.items() for start in range(0, len(ids), sql.CHUNK)
         ]
         if len(statements) == 1:
             claim, ids = statements[0]
-            return db.execute(sql.format(_marks(len(ids))), (*head, claim, *ids)).rowcount
+            return db.execute(statement.format(sql.marks(len(ids))), (*head, claim, *ids)).rowcount
         changed = 0
         db.execute("BEGIN IMMEDIATE")
         for claim, ids in statements:
-            changed += db.execute(sql.format(_marks(len(ids))), (*head, claim, *ids)).rowcount
+            changed += db.execute(statement.format(sql.marks(len(ids))), (*head, claim, *ids)).rowcount
         db.execute("COMMIT")
         return changed
 
@@ -334,10 +156,10 @@ class SqliteBroker(BrokerBase):
         db = self._checkout()
         try:
             if len(bodies) == 1:
-                db.execute(_INSERT, (queue, prio, at, bodies[0]))
+                db.execute(sql.INSERT, (queue, prio, at, bodies[0]))
             else:
                 db.execute("BEGIN IMMEDIATE")
-                db.executemany(_INSERT, [(queue, prio, at, body) for body in bodies])
+                db.executemany(sql.INSERT, [(queue, prio, at, body) for body in bodies])
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._fail("publish", exc) from exc
@@ -364,7 +186,7 @@ class SqliteBroker(BrokerBase):
                 if version != seen_version or time.time() >= next_due:
                     seen_version = version
                     if queue not in self._backlog:  # else a claim is likely to succeed: skip the look
-                        due = db.execute(_NEXT_DUE, (queue,)).fetchone()[0]
+                        due = db.execute(sql.NEXT_DUE, (queue,)).fetchone()[0]
                         next_due = math.inf if due is None else due
                     if queue in self._backlog or next_due <= time.time():
                         got = self._claim(db, queue, max_n)
@@ -385,22 +207,22 @@ class SqliteBroker(BrokerBase):
         db.execute("BEGIN IMMEDIATE")
         now = time.time()
         rows: list[tuple[int, bytes, int, int | None]] = []
-        prio = db.execute(_TOP_PRIORITY, (queue,)).fetchone()[0]
+        prio = db.execute(sql.TOP_PRIORITY, (queue,)).fetchone()[0]
         while prio is not None:
-            rows += db.execute(_SELECT_READY, (queue, prio, now, max_n - len(rows))).fetchall()
+            rows += db.execute(sql.SELECT_READY, (queue, prio, now, max_n - len(rows))).fetchall()
             if len(rows) >= max_n:
                 break
-            prio = db.execute(_NEXT_PRIORITY, (queue, prio)).fetchone()[0]
+            prio = db.execute(sql.NEXT_PRIORITY, (queue, prio)).fetchone()[0]
         if not rows:
             db.execute("COMMIT")
             self._backlog.discard(queue)
             return []
-        claim = _new_claim()
+        claim = sql.new_claim()
         ids = [row[0] for row in rows]
         until = now + self.lease
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            db.execute(_CLAIM.format(_marks(len(chunk))), (claim, until, *chunk))
+        for start in range(0, len(ids), sql.CHUNK):
+            chunk = ids[start:start + sql.CHUNK]
+            db.execute(sql.CLAIM.format(sql.marks(len(chunk))), (claim, until, *chunk))
         db.execute("COMMIT")
         if len(rows) == max_n:
             self._backlog.add(queue)
@@ -440,7 +262,7 @@ class SqliteBroker(BrokerBase):
             return 0
         db = self._checkout()
         try:
-            return self._by_claim(db, _ACK, (), by_claim)
+            return self._by_claim(db, sql.ACK, (), by_claim)
         except sqlite3.Error as exc:
             raise self._fail("ack", exc) from exc
         finally:
@@ -452,7 +274,7 @@ class SqliteBroker(BrokerBase):
             return 0
         db = self._checkout()
         try:
-            changed = self._by_claim(db, _RELEASE, (time.time() + max(delay, 0.0),), by_claim)
+            changed = self._by_claim(db, sql.RELEASE, (time.time() + max(delay, 0.0),), by_claim)
         except sqlite3.Error as exc:
             raise self._fail("requeue", exc) from exc
         finally:
@@ -475,7 +297,7 @@ class SqliteBroker(BrokerBase):
             return recovered
         db = self._checkout()
         try:
-            kept = self._by_claim(db, _EXTEND, (time.time() + self.lease,), by_claim)
+            kept = self._by_claim(db, sql.EXTEND, (time.time() + self.lease,), by_claim)
             if kept < sum(len(ids) for ids in by_claim.values()):
                 self._drop_lost_leases(db, by_claim)
         except sqlite3.Error as exc:
@@ -488,9 +310,9 @@ class SqliteBroker(BrokerBase):
         """Forget in-flight rows whose lease expired and went to another consumer (or were purged)."""
         lost: list[int] = []
         for claim, ids in by_claim.items():
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start:start + _CHUNK]
-                mine = {row[0] for row in db.execute(_STILL_MINE.format(_marks(len(chunk))), (claim, *chunk))}
+            for start in range(0, len(ids), sql.CHUNK):
+                chunk = ids[start:start + sql.CHUNK]
+                mine = {row[0] for row in db.execute(sql.STILL_MINE.format(sql.marks(len(chunk))), (claim, *chunk))}
                 lost.extend(i for i in chunk if i not in mine)
         with self._lock:
             for msg_id in lost:
@@ -502,7 +324,7 @@ class SqliteBroker(BrokerBase):
     def callq_purge(self, queue: str) -> int:
         db = self._checkout()
         try:
-            return db.execute(_PURGE, (queue, time.time())).rowcount
+            return db.execute(sql.PURGE, (queue, time.time())).rowcount
         except sqlite3.Error as exc:
             raise self._fail("purge", exc) from exc
         finally:
@@ -511,7 +333,7 @@ class SqliteBroker(BrokerBase):
     def callq_size(self, queue: str) -> int:
         db = self._checkout()
         try:
-            return int(db.execute(_SIZE, (queue, time.time())).fetchone()[0])
+            return int(db.execute(sql.SIZE, (queue, time.time())).fetchone()[0])
         except sqlite3.Error as exc:
             raise self._fail("size", exc) from exc
         finally:
@@ -521,20 +343,17 @@ class SqliteBroker(BrokerBase):
         return self._state
 
     def callq_close(self) -> bool:
-        if self._closed:
+        if self._pool.closed:
             return True
         try:
-            if self._fork_generation == _fork_generation:
+            if not self._pool.forked:  # a forked child has no leases of its own yet
                 by_claim = self._inflight_by_claim()
                 if by_claim:
                     self._release_on_close(by_claim)
         finally:
             with self._lock:
-                self._closed = True
                 self._inflight = {}
-                idle, self._idle = self._idle, []
-            for db in idle:
-                db.close()
+            self._pool.close()
         return True
 
     def _release_on_close(self, by_claim: dict[int, list[int]]) -> None:
@@ -545,7 +364,7 @@ class SqliteBroker(BrokerBase):
                         "they come back when their lease ends", self.path, exc)
             return
         try:
-            self._by_claim(db, _RELEASE, (time.time(),), by_claim)
+            self._by_claim(db, sql.RELEASE, (time.time(),), by_claim)
         except sqlite3.Error as exc:
             log.warning("sqlite %s: could not release unacked messages on close (%s); "
                         "they come back when their lease ends", self.path, exc)

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from callq.broker import Connection
+from callq.brokers.sqlite import SqliteBroker, database_path
 from callq.errors import ConfigError
 from callq.url import BrokerURL
-from callq_sqlite import SqliteBroker, database_path
 
 
 def test_relative_path_is_under_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
