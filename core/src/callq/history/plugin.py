@@ -51,6 +51,7 @@ class HistoryPlugin:
         self._done = threading.Condition()
         self._pending = 0
         self._pid = 0
+        self._closed = False
         self._lock = threading.Lock()
         self._store: Any = None
         self.written = 0
@@ -89,11 +90,13 @@ class HistoryPlugin:
             self._pid = os.getpid()
 
     def _loop(self) -> None:
-        pruned = 0.0
-        while True:
+        pruned = 0.0  # prune once at start, then every prune_interval
+        while not self._closed:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._write()
+            if self._closed:
+                return
             if time.monotonic() - pruned > self.prune_interval:
                 pruned = time.monotonic()
                 try:
@@ -127,6 +130,12 @@ class HistoryPlugin:
         self._wake.set()
         with self._done:
             return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self) -> None:
+        """Write what is collected, then stop the writer thread."""
+        self.flush()
+        self._closed = True
+        self._wake.set()
 
     @hookimpl
     def callq_consumer_stopped(self, consumer: Any) -> None:
@@ -191,7 +200,7 @@ def disable() -> None:
         unregister(old)
     register(_Off(), name=NAME)
     if _enabled is not None:
-        _enabled.flush()
+        _enabled.close()
     _enabled = None
 
 
