@@ -116,3 +116,30 @@ def test_env_enables_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert isinstance(p, HistoryPlugin) and p.url.endswith("callq/history.db") and str(tmp_path) in p.url
     monkeypatch.setenv("CALLQ_HISTORY_URL", "")
     assert not isinstance(plugin.from_env(), HistoryPlugin)
+
+
+def test_parent_id_of_calls_published_inside_a_call(history_url: str, mem_url: str) -> None:
+    history = enable(history_url, flush_interval=0.1)
+    q = f"par-{uuid.uuid4().hex[:8]}"
+    try:
+        @callq.task(q + "-child", broker=mem_url)
+        def child(n: int) -> int:
+            return n
+
+        @callq.task(q, broker=mem_url)
+        def parent(n: int) -> str:
+            return str(child.push(n))
+
+        child.consume()
+        parent.consume()
+        top = parent.push(4)
+        kid = top.result(10)
+        assert callq.AsyncResult(kid, task=child).result(10) == 4
+        parent.stop()
+        child.stop()
+        assert history.flush(10)
+    finally:
+        disable()
+    store = HistoryStore(history_url)
+    (row,) = store.attempts(kid)
+    assert row["parent"] == str(top) and store.attempts(str(top))[0]["parent"] is None

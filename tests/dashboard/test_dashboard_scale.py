@@ -74,3 +74,40 @@ def test_token_rules(tmp_path: Path, mem_url: str) -> None:
         assert status == 200
     with pytest.raises(ConfigError, match="needs a token"):
         serve(brokers=[mem_url], history=None, host="0.0.0.0", port=1)
+
+
+def test_cli_dashboard_serves_and_prints_a_token(tmp_path: Path) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.dashboard.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "CALLQ_DASHBOARD_TOKEN": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "callq", "dashboard", "--broker", "memory://cli", "--port", str(port),
+                             "--history", f"sqlite:///{tmp_path / 'h.db'}"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()  # type: ignore[union-attr]
+        token = re.search(r"login\?token=(\S+)\)", line)
+        assert token and len(token.group(1)) >= 16, line
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                status, body, _ = _get(f"http://127.0.0.1:{port}/calls")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "dashboard did not answer"
+                time.sleep(0.1)
+        assert status == 200 and '<span id="total">0</span>' in body
+        status, _, _ = _get(f"http://127.0.0.1:{port}/action", data=b"action=pause&broker=0&queue=x",
+                            headers={"X-Callq-Token": token.group(1)})
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    bad = subprocess.run([sys.executable, "-m", "callq", "dashboard", "--host", "0.0.0.0", "--broker", "memory://"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert bad.returncode == 2 and "needs a token" in bad.stderr

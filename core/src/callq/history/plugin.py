@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from ..context import current
 from ..hookspecs import hookimpl
 
 log = logging.getLogger("callq.history")
@@ -130,6 +131,16 @@ class HistoryPlugin:
         self._wake.set()
         with self._done:
             return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
+    @hookimpl
+    def callq_before_publish(self, queue: str, messages: list[dict[str, Any]]) -> None:
+        """Calls published from inside a call record it as their parent."""
+        call = current()
+        if call is not None and call.id:
+            for message in messages:
+                meta = message.get("_callq")
+                if isinstance(meta, dict):
+                    meta.setdefault("parent", call.id)
 
     def close(self) -> None:
         """Write what is collected, then stop the writer thread."""
