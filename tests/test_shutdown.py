@@ -163,3 +163,38 @@ def test_a_crashed_consumer_makes_the_process_exit_non_zero(tmp_path):
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode != 0
     assert "ConsumerCrashed" in proc.stderr and "dispatcher bug" in proc.stderr
+
+
+def test_a_child_whose_consumer_crashed_is_replaced(tmp_path):
+    script = tmp_path / "crash_child.py"
+    script.write_text(textwrap.dedent(f"""
+        import pathlib
+        import callq, callq.consumer
+
+        marker = pathlib.Path({str(tmp_path / 'crashed')!r})
+        ran = pathlib.Path({str(tmp_path / 'ran')!r})
+        capacity = callq.consumer.Consumer._capacity
+
+        def crash_once(self):
+            if not marker.exists():
+                marker.write_text("x")
+                raise RuntimeError("dispatcher bug")
+            return capacity(self)
+
+        callq.consumer.Consumer._capacity = crash_once
+
+        @callq.task("crash-child", broker="sqlite:///{tmp_path}/q.db", stop_when_idle=1.0)
+        def f(i):
+            with ran.open("a") as out:
+                out.write(f"{{i}}\\n")
+
+        f.push_many((i,) for i in range(20))
+        group = f.consume(processes=1, start_method="fork")
+        callq.wait()
+        print("restarts", group.restarts, flush=True)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "restarts 1" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "its consumer crashed" in proc.stderr and "dispatcher bug" in proc.stderr
+    assert sorted(map(int, (tmp_path / "ran").read_text().split())) == list(range(20))
