@@ -84,6 +84,17 @@ def test_rpc_sqlite_broker_uses_its_shared_store(tmp_path: Path) -> None:
     _check_rpc(f"sqlite:///{tmp_path / 'broker.db'}")
 
 
+def test_rpc_postgresql_broker_uses_its_shared_store() -> None:
+    from callq_sql.testing import POSTGRES
+    from callq_sql.testing import fresh_prefix as sql_prefix
+
+    with sql_prefix(POSTGRES) as name:
+        url = f"{POSTGRES}?table_prefix={name}&lease=2"
+        divide, _ = _tasks(url)
+        assert callq.results.store_url_for(divide.options) == "state+" + url
+        _check_rpc(url)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_rpc_sql_store(kind: str, tmp_path: Path, mem_url: str) -> None:
     with private_db(kind, tmp_path) as url:

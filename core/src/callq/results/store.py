@@ -29,6 +29,7 @@ STATUSES = ("pending", "running", "done", "failed", "dead", "expired", "skipped"
 FINAL = frozenset(("done", "failed", "dead", "expired", "skipped"))
 
 Record = dict[str, Any]
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
 
 @runtime_checkable
@@ -183,8 +184,9 @@ def _resolve(options: Any) -> str | None:
 
     broker = resolve_url(options.broker)
     scheme = broker.split("://", 1)[0].lower()
-    if scheme in store_schemes() and scheme != "sqlite":  # sqlite: the broker's own state table
-        return broker
+    if scheme in store_schemes() and scheme not in SQL_SCHEMES:
+        return broker  # e.g. redis: the result store on the broker's own server
+    # SQL brokers: their own state table (their URL carries broker parameters, not a store's)
     conn = connect(broker)
     if conn.capabilities.shared_state:
         return "state+" + broker
