@@ -72,6 +72,10 @@ def test_token_rules(tmp_path: Path, mem_url: str) -> None:
         assert status == 401
         status, _, _ = _get(served.url + "/", headers={"X-Callq-Token": "secret-token-1"})
         assert status == 200
+    with Served(create_app(["amqp://guest:hunter22@127.0.0.1:5672/"], None, token="secret-token-1")) as served:
+        status, body, _ = _get(served.url + "/")
+        assert status == 200 and "amqp://guest:***@127.0.0.1:5672/" in body and "hunter22" not in body
+        assert "cannot reach this broker" in body  # a wrong password: the error shows, masked
     with pytest.raises(ConfigError, match="needs a token"):
         serve(brokers=[mem_url], history=None, host="0.0.0.0", port=1)
 

@@ -20,6 +20,7 @@ from .. import dlq as dead
 from ..broker import Connection, connect
 from ..status import QueueStatus, collect
 from ..task import is_paused, pause, resume
+from ..url import BrokerURL
 from . import pages
 from .charts import bar_chart
 
@@ -52,18 +53,30 @@ class Dashboard:
                  or (form or {}).get("token") or "")
         return hmac.compare_digest(given.encode(), self.token.encode())
 
-    def statuses(self) -> list[tuple[int, str, list[QueueStatus]]]:
+    def statuses(self) -> list[tuple[int, str, list[QueueStatus] | str]]:
+        """Per broker: (index, masked URL, queue statuses or the error text)."""
         out = []
         extra = self.history.queues() if self.history is not None else []
         for i, url in enumerate(self.urls):
-            conn = connect(url)
-            known = collect(conn, None, history=self.history, previous=self.previous[i])
-            names = {r.queue for r in known}
-            more = [q for q in extra if q not in names and not q.endswith(".dlq")] if i == 0 else []
-            if more:
-                known += collect(conn, more, history=self.history, previous=self.previous[i])
-            out.append((i, str(conn.url), sorted(known, key=lambda r: r.queue)))
+            label = str(BrokerURL.parse(url))  # password masked
+            try:
+                conn = connect(url)
+                known = collect(conn, None, history=self.history, previous=self.previous[i])
+                names = {r.queue for r in known}
+                more = [q for q in extra if q not in names and not q.endswith(".dlq")] if i == 0 else []
+                if more:
+                    known += collect(conn, more, history=self.history, previous=self.previous[i])
+            except Exception as exc:  # noqa: BLE001 - show the broker's error, keep the page
+                log.warning("dashboard: broker %s: %s: %s", label, type(exc).__name__, exc)
+                out.append((i, label, f"{type(exc).__name__}: {_masked(str(exc), url)}"))
+                continue
+            out.append((i, label, sorted(known, key=lambda r: r.queue)))
         return out
+
+
+def _masked(text: str, url: str) -> str:
+    password = BrokerURL.parse(url).password
+    return text.replace(password, "***") if password else text
 
 
 def _page(request: Request, title: str, body: str, **kw: Any) -> HTMLResponse:
@@ -140,7 +153,8 @@ async def dead_letters(request: Request) -> Response:
     queue = request.query_params.get("queue")
     if not queue:
         def index() -> str:
-            items = [(i, r.queue, r.dlq_size or 0) for i, _, rows in board.statuses() for r in rows]
+            items = [(i, r.queue, r.dlq_size or 0) for i, _, rows in board.statuses() if not isinstance(rows, str)
+                     for r in rows]
             return pages.dlq_index(items)
 
         return _page(request, "Dead letters", await run_in_threadpool(index))

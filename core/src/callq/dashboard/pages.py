@@ -43,10 +43,13 @@ def _button(action: str, label: str, broker: int, queue: str, *, confirm: str | 
             f'<button type="submit" data-action="{escape(action)}" data-queue="{escape(queue)}">{escape(label)}</button></form>')
 
 
-def queues_page(brokers: list[tuple[int, str, list[QueueStatus]]], chart: str) -> str:
+def queues_page(brokers: list[tuple[int, str, list[QueueStatus] | str]], chart: str) -> str:
     out = []
     for index, label, rows in brokers:
         out.append(f'<h2>Broker {escape(label)}</h2>')
+        if isinstance(rows, str):
+            out.append(f'<p class="flash err broker-error">cannot reach this broker: {escape(rows)}</p>')
+            continue
         if not rows:
             out.append('<p class="muted">No queues known yet: they appear once a consumer starts.</p>')
             continue

@@ -27,21 +27,31 @@ log = logging.getLogger("callq.results")
 STATUS_OF = {"done": "done", "dead": "dead", "expired": "expired", "skipped": "skipped"}
 
 
+#: the writer waits this long after waking to gather a batch (unless one is already there)
+LINGER = 0.002
+
+
 class Writer:
-    """Batches ``(store url, id, record, ttl)`` writes in a background thread."""
+    """Batches ``(store url, id, record, ttl)`` writes in a background thread.
+
+    A put wakes the thread only when it sleeps; once awake it gathers what arrives within
+    :data:`LINGER` and writes it in one round trip per store.
+    """
 
     def __init__(self) -> None:
         self._items: deque[tuple[str, str, Record, float]] = deque()
         self._cond = threading.Condition()
         self._pid = 0
         self._busy = False
+        self._idle = False
 
     def put(self, url: str, call_id: str, record: Record, ttl: float) -> None:
         if self._pid != os.getpid():
             self._start()
         self._items.append((url, call_id, record, ttl))
-        with self._cond:
-            self._cond.notify()
+        if self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
+            with self._cond:
+                self._cond.notify()
 
     def _start(self) -> None:
         with _start_lock:
@@ -55,11 +65,15 @@ class Writer:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                self._idle = True
                 while not self._items:
                     self._busy = False
                     self._cond.notify_all()
-                    self._cond.wait()
+                    self._cond.wait(0.5)
+                self._idle = False
                 self._busy = True
+            if len(self._items) < 500:
+                time.sleep(LINGER)
             self._write_batch()
 
     def _write_batch(self) -> None:
@@ -120,8 +134,11 @@ class ResultsControl(Control):
             open_store(self.url)  # a bad store URL fails the consumer's start, not each call
 
     def enter(self, call: Any) -> None:
-        if self.url and call.id:
-            writer.put(self.url, call.id, _record(call, "running"), self.ttl)
+        call_id = call.id
+        if call_id and self.url:
+            writer.put(self.url, call_id, {"id": call_id, "status": "running", "attempt": call.attempt,
+                                           "queue": call.queue, "started_at": call.started_at or time.time()},
+                       self.ttl)
 
     def settled(self, call: Any) -> None:
         call_id = call.id
@@ -131,7 +148,7 @@ class ResultsControl(Control):
         record = _record(call, status)
         if status == "done":
             try:
-                dumps(call.result)
+                _check_json(call.result)
                 record["result"] = call.result
             except (TypeError, ValueError) as exc:
                 log.error("%s: call %s returned a %s, which is not JSON; its result is not stored (%s)",
@@ -167,6 +184,13 @@ def _record(call: Any, status: str) -> Record:
     return {"id": call.id, "status": status, "result": None, "error": error, "attempt": call.attempt,
             "queue": call.queue, "task": call.task.name, "reason": getattr(call, "reason", None),
             "started_at": call.started_at or None, "finished_at": call.finished_at or None}
+
+
+def _check_json(value: Any) -> None:
+    """TypeError/ValueError unless ``value`` is JSON (NaN and Infinity are not)."""
+    if value is None or type(value) in (str, int, bool):
+        return
+    dumps(value)
 
 
 def _format(exc: BaseException) -> str:
