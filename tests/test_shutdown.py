@@ -94,14 +94,20 @@ def _drain(tmp_path: Path, url: str, queue: str, log: Path) -> None:
 KINDS = ["memory", "sqlite", "redis"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_first_signal_finishes_running_calls_and_hands_back_the_rest(tmp_path, kind):
+def _four_running(tmp_path: Path, kind: str, call_seconds: float) -> tuple[str, str, Path, int, subprocess.Popen]:
+    """A worker with 20 calls queued and 4 of them running (concurrency 4)."""
     url, queue, log = _url(kind, tmp_path), f"sd-{uuid.uuid4().hex[:8]}", tmp_path / "ran.log"
     n = 20
     if kind != "memory":
         _publish(url, queue, n)
-    proc = _start(tmp_path, url, queue, log, 1.0, n if kind == "memory" else 0)
+    proc = _start(tmp_path, url, queue, log, call_seconds, n if kind == "memory" else 0)
     _wait_started(log, 4)
+    return url, queue, log, n, proc
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_first_signal_finishes_running_calls_and_hands_back_the_rest(tmp_path, kind):
+    url, queue, log, n, proc = _four_running(tmp_path, kind, call_seconds=1.0)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
@@ -118,12 +124,7 @@ def test_first_signal_finishes_running_calls_and_hands_back_the_rest(tmp_path, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_second_signal_exits_at_once_and_hands_back_everything(tmp_path, kind):
-    url, queue, log = _url(kind, tmp_path), f"sd-{uuid.uuid4().hex[:8]}", tmp_path / "ran.log"
-    n = 20
-    if kind != "memory":
-        _publish(url, queue, n)
-    proc = _start(tmp_path, url, queue, log, 10.0, n if kind == "memory" else 0)
-    _wait_started(log, 4)
+    url, queue, log, n, proc = _four_running(tmp_path, kind, call_seconds=10.0)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     signalled = time.monotonic()
