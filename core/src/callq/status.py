@@ -9,6 +9,9 @@ from typing import Any
 from .broker import Connection
 from .registry import known_queues, live_consumers
 
+#: seconds of call history behind the done and failed rates
+RATE_WINDOW = 10.0
+
 
 @dataclass
 class QueueStatus:
@@ -52,7 +55,7 @@ def collect(conn: Connection, queues: list[str] | None = None, *, history: Any =
     paused = _paused_queues(conn) if shared else set()
     live = live_consumers(conn.state) if shared else []
     names = list(queues) if queues else sorted(set(registry) | paused | {c["queue"] for c in live})
-    hist_rates = history.queue_stats(60.0) if history is not None else {}
+    hist_rates = history.queue_stats(RATE_WINDOW) if history is not None else {}
     out = []
     for q in names:
         dlq = (registry.get(q) or {}).get("dlq") or f"{q}.dlq"
@@ -66,7 +69,7 @@ def collect(conn: Connection, queues: list[str] | None = None, *, history: Any =
             error = f"{type(exc).__name__}: {exc}"
         done_rate = sum(float(c.get("rate") or 0) for c in workers)
         failed_rate = sum(float(c.get("fail_rate") or 0) for c in workers)
-        if q in hist_rates:  # the history's last minute beats heartbeat samples
+        if q in hist_rates:  # the history is more current than heartbeat samples
             done_rate = hist_rates[q]["finished"] - hist_rates[q]["failed"]
             failed_rate = hist_rates[q]["failed"]
         publish_rate = None
