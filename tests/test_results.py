@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -201,3 +202,40 @@ def test_handle_from_another_process(prefix: str, tmp_path: Path) -> None:
     finally:
         divide.stop()
     assert out.strip() == "2.5"
+
+
+def test_rpc_from_worker_processes(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    url = f"{REDIS}?prefix={prefix}"
+    monkeypatch.setenv("RPCAPP_BROKER", url)
+    monkeypatch.setenv("RPCAPP_QUEUE", f"rpcp-{uuid.uuid4().hex[:6]}")
+    import tests.rpcapp_tasks as app
+
+    app = importlib.reload(app)
+    handles = app.square.push_many([(i,) for i in range(40)])
+    group = app.square.consume(processes=2)
+    try:
+        results = [h.result(timeout=30) for h in handles]
+    finally:
+        group.stop()
+    assert [r["n"] for r in results] == [i * i for i in range(40)]
+    assert os.getpid() not in {r["pid"] for r in results}
+
+
+def test_rpc_async_task(mem_url: str) -> None:
+    @callq.task(f"async-{uuid.uuid4().hex[:6]}", broker=mem_url, max_retries=0)
+    async def fetch(n: int) -> int:
+        await asyncio.sleep(0.01)
+        if n < 0:
+            raise KeyError(n)
+        return n + 1
+
+    fetch.consume()
+    try:
+        assert fetch.push(1).result(10) == 2
+        with pytest.raises(RemoteError) as err:
+            fetch.push(-1).result(10)
+        assert err.value.type_name == "KeyError"
+    finally:
+        fetch.stop()
