@@ -32,7 +32,12 @@ def private_db(kind: str, tmp_path: Path) -> Iterator[str]:
         yield f"{server}/{name}"
     finally:
         from callq import sqlengine
+        from callq.results import store as result_stores
 
+        for key, opened in list(result_stores._stores.items()):
+            if name in key[1]:
+                opened.close()
+                del result_stores._stores[key]
         for key, engine in list(sqlengine._engines.items()):
             if name in key[1]:
                 engine.dispose()

@@ -239,3 +239,25 @@ def test_rpc_async_task(mem_url: str) -> None:
         assert err.value.type_name == "KeyError"
     finally:
         fetch.stop()
+
+
+def test_postgresql_store_waits_with_listen_notify(tmp_path: Path) -> None:
+    from callq.results.sql import SQLResultStore
+
+    with private_db("postgresql", tmp_path) as url:
+        waiter, writer = SQLResultStore(url), SQLResultStore(url)  # as two processes: no shared wake-up
+        looks = []
+        real_get = waiter.get
+        waiter.get = lambda call_id: looks.append(1) or real_get(call_id)  # type: ignore[method-assign]
+        got: list[object] = []
+        t = threading.Thread(target=lambda: got.append(waiter.wait("pg1", 10)))
+        t.start()
+        time.sleep(1.5)
+        written = time.monotonic()
+        writer.put_many([("pg1", {"id": "pg1", "status": "done", "result": [1, 2]}, 60)])
+        t.join(10)
+        woke = time.monotonic() - written
+        waiter.close()
+        assert got and got[0]["result"] == [1, 2]  # type: ignore[index]
+        assert woke < 0.5, woke
+        assert len(looks) <= 6, len(looks)  # polling every <=250 ms would look ~12 times

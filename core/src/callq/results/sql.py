@@ -1,20 +1,26 @@
 """``sqlite:///file.db``, ``postgresql://...``, ``mysql://``/``mariadb://``: results in a SQL
 table ``callq_results`` (SQLAlchemy 2; ``pip install 'callq[sql]'``).
 
-Waiting wakes at once for results written by this process and looks again every 10-250 ms
-for results written by others (SQL has no portable blocking read). Expired rows are deleted
-as new ones are written.
+Waiting wakes at once for results written by this process. On PostgreSQL a writer sends
+``NOTIFY callq_results`` with the ids of final results and waiters LISTEN (one connection per
+process and store), so they wake at once for other processes' results too; on sqlite and
+MariaDB they look again every 10-250 ms. Expired rows are deleted as new ones are written.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..sqlengine import engine_for
-from .store import PollingWait, Record
+from .store import FINAL, PollingWait, Record
+
+log = logging.getLogger("callq.results")
+CHANNEL = "callq_results"
 
 SWEEP_EVERY = 30.0
 
@@ -39,6 +45,10 @@ class SQLResultStore(PollingWait):
             meta.create_all(self.engine, checkfirst=True)
         self._swept = time.time()
         self._init_wait()
+        self.postgres = self.engine.dialect.name == "postgresql"
+        self._listener: threading.Thread | None = None
+        self._listen_lock = threading.Lock()
+        self._closed = False
 
     def put_many(self, items: Sequence[tuple[str, Record, float]]) -> None:
         import sqlalchemy as sa
@@ -55,7 +65,46 @@ class SQLResultStore(PollingWait):
             if now - self._swept > SWEEP_EVERY:
                 self._swept = now
                 conn.execute(sa.delete(t).where(t.c.expires_at < now))
+            final = [i for i, record, _ in items if record.get("status") in FINAL]
+            if self.postgres and final:
+                conn.execute(sa.text("SELECT pg_notify(:channel, :ids)"),
+                             {"channel": CHANNEL, "ids": ",".join(final)[:7000]})
         self._notify()
+
+    def wait(self, call_id: str, timeout: float | None) -> Record | None:
+        if self.postgres and self._listener is None:
+            self._listen()
+        return super().wait(call_id, timeout)
+
+    def _listen(self) -> None:
+        """One thread per store LISTENs and wakes this process's waiters on every NOTIFY."""
+        with self._listen_lock:
+            if self._listener is not None:
+                return
+            dsn = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listener = threading.Thread(target=self._listen_loop, args=(dsn,), name="callq-results-listen",
+                                              daemon=True)
+            self._listener.start()
+
+    def _listen_loop(self, dsn: str) -> None:
+        import psycopg
+
+        while not self._closed:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.max_pause = 2.0  # told of every final write: look again only as a safety net
+                    self._notify()  # anything written before LISTEN: look again now
+                    while not self._closed:
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._notify()
+            except Exception as exc:  # noqa: BLE001 - waiters fall back to polling meanwhile
+                self.max_pause = PollingWait.max_pause
+                if self._closed:
+                    return
+                log.warning("LISTEN %s failed (%s: %s); waiting by polling, retrying in 5 s", CHANNEL,
+                            type(exc).__name__, exc)
+                time.sleep(5)
 
     def get(self, call_id: str) -> Record | None:
         import sqlalchemy as sa
@@ -66,4 +115,4 @@ class SQLResultStore(PollingWait):
         return json.loads(row[0]) if row else None
 
     def close(self) -> None:
-        pass
+        self._closed = True

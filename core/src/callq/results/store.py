@@ -56,6 +56,8 @@ class PollingWait:
     process, else look again with a growing interval (10 ms .. 250 ms)."""
 
     _cond: threading.Condition
+    #: longest pause between two looks (a store that is told of writes may look rarely)
+    max_pause = 0.25
 
     def _init_wait(self) -> None:
         self._cond = threading.Condition()
@@ -69,7 +71,7 @@ class PollingWait:
 
     def wait(self, call_id: str, timeout: float | None) -> Record | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.01
+        pause = 0.01 if self.max_pause <= PollingWait.max_pause else self.max_pause
         while True:
             record = self.get(call_id)
             if record is not None and record.get("status") in FINAL:
@@ -79,7 +81,8 @@ class PollingWait:
                 return None
             with self._cond:
                 self._cond.wait(pause if left is None else min(pause, left))
-            pause = min(pause * 1.5, 0.25)
+            told = self.max_pause > PollingWait.max_pause  # writes are announced: no need to hurry
+            pause = self.max_pause if told else min(pause * 1.5, self.max_pause)
 
 
 class StateResultStore(PollingWait):
