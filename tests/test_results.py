@@ -261,3 +261,33 @@ def test_postgresql_store_waits_with_listen_notify(tmp_path: Path) -> None:
         assert got and got[0]["result"] == [1, 2]  # type: ignore[index]
         assert woke < 0.5, woke
         assert len(looks) <= 6, len(looks)  # polling every <=250 ms would look ~12 times
+
+
+def test_expired_and_skipped_statuses(mem_url: str) -> None:
+    q = f"exp-{uuid.uuid4().hex[:6]}"
+
+    @callq.task(q, broker=mem_url, expires=0.1)
+    def late(n: int) -> int:
+        return n
+
+    @callq.task(q + "-dedup", broker=mem_url, dedup=True)
+    def once(n: int) -> int:
+        return n
+
+    h = late.push(1)
+    time.sleep(0.3)
+    late.consume()
+    first = once.push(5)
+    once.consume()
+    try:
+        with pytest.raises(RemoteError) as err:
+            h.result(10)
+        assert err.value.status == "expired" and h.status == "expired"
+        assert first.result(10) == 5
+        again = once.push(5)
+        with pytest.raises(RemoteError) as err:
+            again.result(10)
+        assert again.status == "skipped" and err.value.status == "skipped"
+    finally:
+        late.stop()
+        once.stop()
