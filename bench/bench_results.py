@@ -1,6 +1,6 @@
 """Worker throughput on Redis with call history / results on vs off, same machine, same run.
 
-    .venv/bin/python bench/bench_results.py [--calls 10000] [--rounds 5] [--concurrency 8] [--json]
+    .venv/bin/python bench/bench_results.py [--calls 10000] [--rounds 4] [--concurrency 8] [--json]
 
 Each round runs a real worker process (``@callq.task(...).consume()`` on ``redis://``) over
 ``--calls`` published calls whose function does one Redis INCR (as bench_redis.py's worker row),
@@ -91,7 +91,7 @@ def run_case(case: str, url: str, conn: Connection, r: redis.Redis, counter: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=10000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--json", action="store_true", help="print the CALLQ_BENCH_JSON line for bench/run_all.py")
     ap.add_argument("--child", nargs=6)
