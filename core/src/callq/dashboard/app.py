@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import dlq as dead
 from ..broker import Connection, connect
+from ..registry import known_queues
 from ..status import QueueStatus, collect
 from ..task import is_paused, pause, resume
 from ..url import BrokerURL
@@ -163,9 +164,8 @@ async def dead_letters(request: Request) -> Response:
         conn = board.conn(b)
     except (ValueError, IndexError):
         return _page(request, "Dead letters", "<p>unknown broker</p>", status_code=404)
-    name = dead.dlq_name(queue)
-
     def build() -> str:
+        name = _dlq_of(conn, queue)
         return pages.dlq_page(b, queue, name, conn.size(name), dead.peek(conn, name, 100))
 
     return _page(request, f"Dead letters of {queue}", await run_in_threadpool(build))
@@ -219,6 +219,15 @@ async def action(request: Request) -> Response:
                                 status_code=303)
 
 
+def _dlq_of(conn: Connection, queue: str) -> str:
+    """The queue's dead-letter queue as its consumers registered it (default ``<queue>.dlq``)."""
+    if conn.capabilities.shared_state:
+        entry = known_queues(conn.state).get(queue) or {}
+        if entry.get("dlq"):
+            return str(entry["dlq"])
+    return dead.dlq_name(queue)
+
+
 def _act(conn: Connection, what: str, queue: str, call_id: str | None) -> str:
     url = conn.url.raw
     if what == "pause":
@@ -230,9 +239,9 @@ def _act(conn: Connection, what: str, queue: str, call_id: str | None) -> str:
     if what == "purge":
         return f"purged {conn.purge(queue)} message(s) from {queue}"
     if what == "dlq-purge":
-        return f"purged {dead.purge(conn, dead.dlq_name(queue))} dead letter(s) of {queue}"
+        return f"purged {dead.purge(conn, _dlq_of(conn, queue))} dead letter(s) of {queue}"
     if what == "replay":
-        n, problems = dead.replay(conn, dead.dlq_name(queue), ids=[call_id] if call_id else None,
+        n, problems = dead.replay(conn, _dlq_of(conn, queue), ids=[call_id] if call_id else None,
                                   results=dead.default_results(conn, queue))
         return f"replayed {n} call(s) to {queue}" + (f"; {'; '.join(problems)}" if problems else "")
     raise ValueError(f"unknown action {what!r}")
