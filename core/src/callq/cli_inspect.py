@@ -99,7 +99,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from . import dlq as dead
 
     queue, conn = _cli()._queue_and_connection(args)
-    name = args.dlq or (_task_dlq(args.target) if ":" in args.target else dead.dlq_name(queue))
+    name = args.dlq or (_task_dlq(args.target) if ":" in args.target else _registered_dlq(conn, queue))
     if args.dlq_command == "list":
         letters = dead.peek(conn, name, args.limit)
         if args.json:
@@ -139,6 +139,18 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             return 1
     print(dead.purge(conn, name))
     return 0
+
+
+def _registered_dlq(conn: Any, queue: str) -> str:
+    """The dead-letter queue the queue's consumers registered, else ``<queue>.dlq``."""
+    from .dlq import dlq_name
+    from .registry import known_queues
+
+    if conn.capabilities.shared_state:
+        entry = known_queues(conn.state).get(queue) or {}
+        if entry.get("dlq"):
+            return str(entry["dlq"])
+    return dlq_name(queue)
 
 
 def _task_dlq(target: str) -> str:
