@@ -81,8 +81,12 @@ def test_rpc_redis(prefix: str) -> None:
     _check_rpc(f"{REDIS}?prefix={prefix}")
 
 
-def test_rpc_sqlite_broker_uses_its_shared_store(tmp_path: Path) -> None:
-    _check_rpc(f"sqlite:///{tmp_path / 'broker.db'}")
+def test_rpc_sqlite_broker_keeps_results_in_its_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    _check_rpc(f"sqlite:///{tmp_path / 'broker.db'}?lease=5")
+    with sqlite3.connect(tmp_path / "broker.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM callq_results WHERE status = 'done'").fetchone()[0] == 51
 
 
 def test_rpc_postgresql_broker_uses_its_shared_store() -> None:

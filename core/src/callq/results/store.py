@@ -29,7 +29,7 @@ STATUSES = ("pending", "running", "done", "failed", "dead", "expired", "skipped"
 FINAL = frozenset(("done", "failed", "dead", "expired", "skipped"))
 
 Record = dict[str, Any]
-SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+SQL_SCHEMES = ("postgresql", "postgres", "mysql", "mariadb")  # callq-sql brokers
 
 
 @runtime_checkable
@@ -188,7 +188,7 @@ def _resolve(options: Any) -> str | None:
     broker = resolve_url(options.broker)
     scheme = broker.split("://", 1)[0].lower()
     if scheme in store_schemes() and scheme not in SQL_SCHEMES:
-        return broker  # e.g. redis: the result store on the broker's own server
+        return broker  # redis: the broker's server; sqlite: the broker's file; memory: its process
     # SQL brokers: their own state table (their URL carries broker parameters, not a store's)
     conn = connect(broker)
     if conn.capabilities.shared_state:
