@@ -47,7 +47,7 @@ class HistoryPlugin:
         self.flush_interval = flush_interval
         self.batch = batch
         self.prune_interval = prune_interval
-        self._rows: deque[dict[str, Any]] = deque()
+        self._rows: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._done = threading.Condition()
         self._pending = 0
@@ -162,26 +162,28 @@ def _json(value: Any) -> str | None:
         return json.dumps(repr(value))
 
 
-def row_of(call: Any) -> dict[str, Any]:
+def row_of(call: Any) -> tuple[Any, ...]:
+    """The history row of a call's outcome, in :data:`callq.history.store.INSERT_COLUMNS` order."""
     exc = call.error
     meta = call.meta or {}
-    tb = getattr(call, "traceback", None) if exc is not None else None
-    if exc is not None and tb is None:
-        import traceback
-
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    outcome = call.outcome or "unknown"
     published = meta.get("published_at")
-    return {
-        "call_id": call.id, "queue": call.queue, "function": call.task.name,
-        "args": _json(call.kwargs), "outcome": call.outcome or "unknown",
-        "result": _json(call.result) if call.outcome == "done" else None,
-        "error_type": type(exc).__name__ if exc is not None else None,
-        "error": str(exc) if exc is not None else None, "traceback": tb,
-        "reason": getattr(call, "reason", None), "attempt": call.attempt, "host": HOST, "pid": os.getpid(),
-        "published_at": published if isinstance(published, (int, float)) else None,
-        "started_at": call.started_at or None, "finished_at": call.finished_at or time.time(),
-        "parent": meta.get("parent") if isinstance(meta.get("parent"), str) else None,
-    }
+    parent = meta.get("parent")
+    if exc is None:
+        error_type = error = tb = None
+    else:
+        error_type, error = type(exc).__name__, str(exc)
+        tb = getattr(call, "traceback", None)
+        if tb is None:
+            import traceback
+
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return (call.id, call.queue, call.task.name, _json(call.kwargs), outcome,
+            _json(call.result) if outcome == "done" else None, error_type, error, tb,
+            getattr(call, "reason", None), call.attempt, HOST, os.getpid(),
+            published if isinstance(published, (int, float)) else None,
+            call.started_at or None, call.finished_at or time.time(),
+            parent if isinstance(parent, str) else None)
 
 
 NAME = "callq.default.history"
