@@ -295,3 +295,14 @@ def test_expired_and_skipped_statuses(mem_url: str) -> None:
     finally:
         late.stop()
         once.stop()
+
+
+def test_results_plugin_disabled_says_so(tmp_path: Path) -> None:
+    code = ("import callq\n"
+            "@callq.task('q', broker='memory://x')\n"
+            "def f(): return 1\n"
+            "try:\n    f.push().result(30)\n"
+            "except callq.ResultsOff as exc:\n    print('off:', exc)\n")
+    env = {**os.environ, "CALLQ_DISABLE_PLUGINS": "callq.default.results"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=30)
+    assert "off: results are off in this process" in out.stdout, out.stderr

@@ -67,6 +67,11 @@ class AsyncResult(str):
             if task is None:
                 raise ConfigError(f"call {self.id}: no result store known; rebuild the handle with "
                                   "AsyncResult(id, task=...) or AsyncResult(id, store='redis://...')")
+            from ..plugins import get_plugin_manager
+
+            if get_plugin_manager().is_blocked("callq.default.results"):
+                raise ResultsOff("results are off in this process: CALLQ_DISABLE_PLUGINS blocks "
+                                 "callq.default.results")
             url = store_url_for(task.options)
             if url is None:
                 raise ResultsOff(
