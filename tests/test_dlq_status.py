@@ -117,3 +117,35 @@ def test_status_and_dlq_clear_errors(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 2 and "cannot import module 'no_such_module_xyz'" in err
     code, _, err = _run(capsys, "status", "--broker", "memory://x", "--history", "nosuch://y")
     assert code == 2 and "call history" in err
+
+
+def test_status_rates_from_history(url: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from callq.history import disable, enable
+
+    history_url = f"sqlite:///{tmp_path / 'h.db'}"
+    history = enable(history_url, flush_interval=0.1)
+    q = f"rate-{uuid.uuid4().hex[:8]}"
+
+    @callq.task(q, broker=url, max_retries=0)
+    def work(n: int) -> int:
+        if n % 4 == 0:
+            raise ValueError(n)
+        return n
+
+    try:
+        handles = work.push_many([(i,) for i in range(40)])
+        work.consume()
+        for h in handles:
+            try:
+                h.result(10)
+            except callq.RemoteError:
+                pass
+        assert history.flush(10)
+        code, out, _ = _run(capsys, "status", q, "--broker", url, "--history", history_url, "--interval", "0",
+                            "--json")
+    finally:
+        work.stop()
+        disable()
+    (row,) = json.loads(out)
+    assert code == 0 and row["dlq_size"] == 10
+    assert row["done_rate"] == pytest.approx(30 / 10) and row["failed_rate"] == pytest.approx(10 / 10)
