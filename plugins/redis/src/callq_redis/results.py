@@ -1,8 +1,10 @@
 """``redis://host:6379/0[?prefix=callq]``: a result store for ``callq.results``.
 
-A record is a Redis string ``<prefix>:result:<id>`` with the result's TTL. Waiting blocks
-on BLPOP of ``<prefix>:result:<id>:wake``, which the writer pushes once the call is final
-(the waiter pushes the token back for other waiters): no polling loop.
+A record is a Redis string ``<prefix>:result:<id>`` with the result's TTL. A waiter sets
+``<prefix>:result:<id>:waiting``, reads the record, then blocks on BLPOP of
+``<prefix>:result:<id>:wake``, which the writer pushes once the call is final if someone
+waits (the waiter pushes the token back for other waiters): no polling loop, and no wake
+list for results nobody waits for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ local prefix = KEYS[1] .. ':result:'
 for i = 1, #ARGV, 4 do
   local key = prefix .. ARGV[i]
   redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[i + 2])
-  if ARGV[i + 3] == '1' then
+  if ARGV[i + 3] == '1' and redis.call('EXISTS', key .. ':waiting') == 1 then
     redis.call('RPUSH', key .. ':wake', 1)
     redis.call('PEXPIRE', key .. ':wake', ARGV[i + 2])
   end
@@ -66,7 +68,11 @@ class RedisResultStore:
     def wait(self, call_id: str, timeout: float | None) -> dict[str, Any] | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         wake = self._key(call_id) + ":wake"
+        waiting = self._key(call_id) + ":waiting"
         while True:
+            # announce the waiter first: a final write after this pushes a wake token, one
+            # before it is seen by the GET (the writer's script is atomic)
+            self._run("wait for a result", lambda: self.client.set(waiting, 1, px=int((BLOCK + 5) * 1000)))
             record = self.get(call_id)
             if record is not None and record.get("status") in FINAL:
                 return record
