@@ -81,8 +81,12 @@ def run_case(case: str, url: str, conn: Connection, r: redis.Redis, counter: str
     for start in range(0, n, 1000):
         conn.publish(QUEUE, [encode({"i": i, "name": "x" * 40}, new_meta()) for i in range(start, min(n, start + 1000))])
     r.delete(counter)
-    out = subprocess.run([sys.executable, __file__, "--child", url, counter, str(n), str(concurrency), case, history_url],
-                         capture_output=True, text=True, timeout=180)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", url, counter, str(n), str(concurrency), case,
+                              history_url], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the {case} worker did not run every call within 120s; was Redis restarted "
+                           "meanwhile (it keeps nothing on disk here)?") from None
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -105,15 +109,18 @@ def main() -> None:
     r = redis.Redis.from_url(REDIS)
     conn = Connection(url)
     best = dict.fromkeys(("off", "history", "results", *CASES), 1.0)
+    per_round: list[dict[str, float]] = []
     tmp = tempfile.mkdtemp(prefix="callq-bench-")
     try:
         for rnd in range(args.rounds):
+            per_round.append({})
             for case in CASES:
                 history_url = f"sqlite:///{os.path.join(tmp, f'history-{rnd}.db')}"
                 res = run_case(case, url, conn, r, f"{prefix}:counter", args.calls, args.concurrency, history_url)
                 if case == "history" and res.get("history_rows") != args.calls:
                     raise RuntimeError(f"history wrote {res.get('history_rows')} rows for {args.calls} calls")
                 best[case] = max(best[case], res["rate"])
+                per_round[-1][case] = res["rate"]
                 print(f"  round {rnd} {case}: {res['rate']:,.0f}/s", file=sys.stderr)
     finally:
         conn.close()
@@ -133,6 +140,11 @@ def main() -> None:
           f"{os.cpu_count()} CPUs")
     for row in rows:
         print(f"{row['case']:<48} {row['callq']:>9,.0f}/s  vs {row['raw']:>9,.0f}/s  ratio {row['callq'] / row['raw']:.2f}")
+    for case in CASES:
+        if case != "off":
+            ratios = sorted(r[case] / r["off"] for r in per_round if "off" in r)
+            print(f"{case} / off per round (same minute): {', '.join(f'{x:.2f}' for x in ratios)}; "
+                  f"median {ratios[len(ratios) // 2]:.2f}")
     if args.json:
         print("CALLQ_BENCH_JSON " + json.dumps(rows))
 
