@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import redis
 
-from callq.errors import BrokerError
+from callq.errors import BrokerError, ConfigError
 from callq.results.store import FINAL
 from callq.url import BrokerURL
 
-from .broker import redis_client
+from .topology import open_target
 
 #: longest single BLPOP (a longer wait loops)
 BLOCK = 5.0
@@ -47,9 +47,13 @@ class RedisResultStore:
         parsed = BrokerURL.parse(url)
         self.url = parsed
         self.prefix = parsed.str_param("prefix", "callq") or "callq"
-        plain = BrokerURL.parse(url.split("?", 1)[0])
-        self.client = redis_client(plain, socket_timeout=10.0)
-        self.blocking = redis_client(plain, socket_timeout=BLOCK + 5.0)
+        target = open_target(parsed, socket_timeout=10.0)
+        if target.cluster:
+            target.close()
+            raise ConfigError(f"result store {parsed}: Redis Cluster is not supported for results; "
+                              "use redis:// or redis+sentinel://, or a SQL store")
+        self.client = target.client
+        self.blocking = open_target(parsed, socket_timeout=BLOCK + 5.0).client
         self._put = self.client.register_script(_PUT)
 
     def _key(self, call_id: str) -> str:
