@@ -105,6 +105,10 @@ class KombuBroker(BrokerBase):
     """Bridges a kombu transport to callq (thread-safe)."""
 
     heartbeat_interval = 30.0
+    # the strictest transport's rule (AMQP): a queue name is a short string, amq.* is reserved
+    max_queue_name = 255
+    queue_name_pattern = r"(?!amq\.)[^\x00-\x1f\x7f]+"
+    queue_name_rule = "no control characters, not starting with 'amq.' (reserved by AMQP servers)"
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
@@ -112,7 +116,7 @@ class KombuBroker(BrokerBase):
         if not url.raw.lower().startswith(PREFIX):
             raise ConfigError(f"broker URL {url}: expected kombu+<transport-url>, e.g. kombu+redis://localhost:6379/0")
         self.prefetch_count = url.int_param("prefetch_count", 100, minimum=1)
-        self.connect_timeout = url.float_param("connect_timeout", 10.0, minimum=0.1)
+        self.connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         transport_url = _strip_params(url.raw[len(PREFIX):], KNOWN_PARAMS)
         scheme = transport_url.split("://", 1)[0].lower()
         self.transport = ALIASES.get(scheme, scheme)

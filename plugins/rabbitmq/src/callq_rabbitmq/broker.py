@@ -69,6 +69,33 @@ def delay_queue_name(queue: str, ms: int) -> str:
     return f"{queue}.delay.{ms}"
 
 
+def describe_error(exc: BaseException) -> str:
+    """The innermost useful text of a pika error (pika nests the socket error two levels deep)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    found: list[BaseException] = []
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        found.append(e)
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[:1].lower() + e.strerror[1:]
+        nested = [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        nested += [a for a in getattr(e, "exceptions", ()) or () if isinstance(a, BaseException)]
+        for attr in ("exception", "__cause__", "__context__"):
+            inner = getattr(e, attr, None)
+            if isinstance(inner, BaseException):
+                nested.append(inner)
+        stack.extend(reversed(nested))
+    for e in found:
+        text = str(e).strip()
+        if text and text != "None":
+            return f"{type(e).__name__}: {text}"
+    return type(exc).__name__
+
+
 class _Batch:
     """Messages of one publish call waiting for their confirms."""
 
@@ -85,6 +112,12 @@ class RabbitmqBroker(BrokerBase):
     """A callq broker on one RabbitMQ connection (thread-safe; pika runs on its own thread)."""
 
     heartbeat_interval = 30.0  # callq's heartbeat has nothing to do here: RabbitMQ tracks consumers
+    # RabbitMQ: a short string of at most 255 bytes, amq.* reserved; 20 bytes kept for the
+    # ".delay.MS" suffix of the delay queues
+    max_queue_name = 235
+    queue_name_pattern = r"(?!amq\.)[^\x00-\x1f\x7f]+"
+    queue_name_rule = ("no control characters, not starting with 'amq.' (reserved by RabbitMQ); 235 bytes keep "
+                       "its delay queues (QUEUE.delay.MS) within RabbitMQ's 255")
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
@@ -98,7 +131,7 @@ class RabbitmqBroker(BrokerBase):
         if self.max_priority > 255:
             raise ConfigError(f"broker URL {url}: max_priority must be <= 255 (RabbitMQ recommends <= 10)")
         heartbeat = url.int_param("heartbeat", 30, minimum=0)
-        self.connect_timeout = url.float_param("connect_timeout", 10.0, minimum=0.1)
+        self.connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         self.publish_timeout = url.float_param("publish_timeout", 30.0, minimum=0.1)
         expires = url.float_param("queue_expires", 0.0, minimum=0.0)
         self.queue_expires_ms = int(expires * 1000)
@@ -138,12 +171,13 @@ class RabbitmqBroker(BrokerBase):
 
         self._thread = threading.Thread(target=self._io_main, name=f"callq-rabbitmq-io-{id(self):x}", daemon=True)
         self._thread.start()
-        self._startup.wait(self.connect_timeout + 1)
+        self._startup.wait(self.connect_timeout)
         if not self._ready.is_set():
             self._closing = True
             self._stop.set()
             err = self._first_error
-            raise BrokerError(f"cannot connect to RabbitMQ at {url}: {err or 'timed out'}")
+            cause = describe_error(err) if err else f"no answer within {self.connect_timeout:g}s"
+            raise BrokerError(f"cannot connect to RabbitMQ at {url}: {cause}")
 
     # --- URL --------------------------------------------------------------------------------------
 
@@ -214,7 +248,9 @@ class RabbitmqBroker(BrokerBase):
                 break
             if was_ready:
                 backoff = 0.2
-            log.warning("RabbitMQ connection to %s lost; reconnecting in %.1fs", self.url, backoff)
+            # before the first success the constructor reports the failure itself
+            log.log(logging.WARNING if self._startup.is_set() else logging.DEBUG,
+                    "RabbitMQ connection to %s lost; reconnecting in %.1fs", self.url, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
         # closed: fail whatever is still queued

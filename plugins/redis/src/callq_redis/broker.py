@@ -29,6 +29,7 @@ from typing import TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -45,7 +46,7 @@ log = logging.getLogger("callq.redis")
 T = TypeVar("T")
 
 MODES = ("reliable", "lmove", "fast")
-KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block")
+KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block", "connect_timeout")
 #: longest single blocking call; a fetch with a longer timeout loops
 MAX_BLOCK = 1.0
 #: idle wait slice on a queue that holds priority levels (only level 0 can be waited on)
@@ -55,7 +56,7 @@ CHUNK = 1000
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, ConnectionResetError)
 
 
-def redis_client(url: BrokerURL, *, socket_timeout: float) -> redis.Redis:
+def redis_client(url: BrokerURL, *, socket_timeout: float, connect_timeout: float = 5.0) -> redis.Redis:
     """A redis-py client for ``url`` (its own query parameters removed); no hidden retries."""
     if url.scheme not in ("redis", "rediss"):
         raise ConfigError(f"broker URL {url}: scheme must be redis:// or rediss://")
@@ -72,7 +73,7 @@ def redis_client(url: BrokerURL, *, socket_timeout: float) -> redis.Redis:
         password=url.password,
         ssl=url.scheme == "rediss",
         socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 5.0),
+        socket_connect_timeout=min(socket_timeout, connect_timeout),
         socket_keepalive=True,
         # Commands are not retried inside redis-py: a lost reply to a claim must be seen
         # here so the claimed messages can be given back (see _reconcile).
@@ -82,15 +83,45 @@ def redis_client(url: BrokerURL, *, socket_timeout: float) -> redis.Redis:
     )
 
 
-class RetryingClient:
-    """Runs Redis calls, retrying with backoff (redis-py ``Retry``) while Redis is unreachable."""
+def describe_error(exc: BaseException) -> str:
+    """The cause's text: the socket error's (``connection refused``) when there is one."""
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[:1].lower() + e.strerror[1:]
+        e = e.__cause__ or e.__context__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-    def __init__(self, client: redis.Redis, url: BrokerURL, retry_for: float) -> None:
+
+class RetryingClient:
+    """Runs Redis calls, retrying with backoff (redis-py ``Retry``) while Redis is unreachable.
+
+    Until the first call succeeded (``connect``), Redis being unreachable fails within
+    ``connect_timeout``; a connection lost later is retried for ``retry_for`` seconds.
+    """
+
+    def __init__(self, client: redis.Redis, url: BrokerURL, retry_for: float, connect_timeout: float = 5.0) -> None:
         self.client = client
         self.url = url
         self.retry_for = retry_for
+        self.connect_timeout = connect_timeout
+        self.connected = False
         self.closed = False
         self.failures = 0  # transient failures seen (tests and logs)
+
+    def connect(self) -> None:
+        """Reach Redis once (PING) or raise: BrokerError (unreachable, refused login), ConfigError (bad DB)."""
+        try:
+            self.call("connect", self.client.ping)
+        except BrokerError:
+            raise
+        except (AuthenticationError, AuthorizationError) as exc:
+            raise BrokerError(f"cannot connect to Redis at {self.url}: {describe_error(exc)}") from exc
+        except ResponseError as exc:  # e.g. "DB index is out of range" from SELECT
+            raise ConfigError(f"broker URL {self.url}: Redis refused it: {exc}") from exc
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot connect to Redis at {self.url}: {describe_error(exc)}") from exc
 
     def close(self) -> None:
         """Stop retrying and drop every connection to Redis."""
@@ -100,13 +131,18 @@ class RetryingClient:
 
     def call(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
         try:
-            return fn()
+            result = fn()
+        except (AuthenticationError, AuthorizationError):
+            raise  # a wrong password does not heal by retrying
         except _TRANSIENT as exc:
-            return self._retry(what, fn, on_error, exc)
+            result = self._retry(what, fn, on_error, exc)
+        self.connected = True
+        return result
 
     def _retry(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None,
                exc: BaseException) -> T:
-        deadline = time.monotonic() + self.retry_for
+        first = not self.connected
+        deadline = time.monotonic() + (self.connect_timeout if first else self.retry_for)
         backoff = ExponentialBackoff(cap=2.0, base=0.05)
         failures = 0
         while True:
@@ -116,9 +152,11 @@ class RetryingClient:
                 on_error()
             wait = backoff.compute(failures)
             if self.closed or time.monotonic() + wait > deadline:
+                if first:
+                    raise BrokerError(f"cannot connect to Redis at {self.url}: {describe_error(exc)}") from exc
                 raise BrokerError(f"redis {self.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
-            log.warning("redis %s: %s failed (%s: %s); retrying in %.2fs",
-                        self.url, what, type(exc).__name__, exc, wait)
+            log.log(logging.DEBUG if first else logging.WARNING, "redis %s: %s failed (%s: %s); retrying in %.2fs",
+                    self.url, what, type(exc).__name__, exc, wait)
             time.sleep(wait)
             try:
                 result = fn()
@@ -131,6 +169,10 @@ class RetryingClient:
 
 class RedisBroker(SharedStateMixin, BrokerBase):
     """Queues on Redis lists; see the module docstring and docs/brokers/redis.md."""
+
+    # Redis keys are binary-safe strings up to 512 MB; the name is part of several keys
+    max_queue_name = 10_000
+    queue_name_rule = "no control characters"
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
@@ -149,6 +191,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         if socket_timeout <= self.block + 1:
             raise ConfigError(f"broker URL {url}: socket_timeout must exceed block + 1 second")
         retry_for = url.float_param("retry", 60.0)
+        connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         self.capabilities = Capabilities(
             acks=self.mode != "fast",
             persistent=False,  # depends on the server's AOF/RDB settings: not claimed
@@ -160,8 +203,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             shared_state=True,
             redelivery_timeout=lease if self.mode != "fast" else 0.0,
         )
-        self.client = redis_client(url, socket_timeout=socket_timeout)
-        self.rc = RetryingClient(self.client, url, retry_for)
+        self.client = redis_client(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+        self.rc = RetryingClient(self.client, url, retry_for, connect_timeout)
+        self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = self.client.register_script(_lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)

@@ -14,6 +14,7 @@ script), where every consumer of the group can read them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -34,7 +35,7 @@ from callq_redis.state import SharedStateMixin
 
 log = logging.getLogger("callq.redis_stream")
 
-KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block")
+KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block", "connect_timeout")
 MAX_BLOCK = 1.0
 CHUNK = 1000
 #: how often (at most) a consumer deletes long-idle consumers without pending entries
@@ -155,6 +156,10 @@ return n
 class RedisStreamBroker(SharedStateMixin, BrokerBase):
     """Queues on Redis Streams; see the module docstring and docs/brokers/redis_stream.md."""
 
+    # Redis keys are binary-safe strings up to 512 MB
+    max_queue_name = 10_000
+    queue_name_rule = "no control characters"
+
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
         url.check_params(KNOWN_PARAMS)
@@ -186,9 +191,11 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             shared_state=True,
             redelivery_timeout=lease,
         )
+        connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         self.client = redis_client(dataclasses.replace(url, scheme=_redis_scheme(url)),
-                                   socket_timeout=socket_timeout)
-        self.rc = RetryingClient(self.client, url, url.float_param("retry", 60.0))
+                                   socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+        self.rc = RetryingClient(self.client, url, url.float_param("retry", 60.0), connect_timeout)
+        self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self._reclaim = self.client.register_script(_RECLAIM)
         self._give_back = self.client.register_script(_GIVE_BACK)
@@ -270,7 +277,8 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             out: list[Delivery] = []
             if res:
                 entries = res[0][1]
-                out = [Delivery(fields[b"b"], queue, msg_id) for msg_id, fields in entries if fields]
+                out = [Delivery(_body(fields, msg_id, key, self.url), queue, msg_id)
+                       for msg_id, fields in entries if fields is not None]
                 if out:
                     with self._lock:
                         self._held.setdefault(queue, set()).update(d.tag for d in out)
@@ -408,6 +416,20 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
 
     def __repr__(self) -> str:
         return f"RedisStreamBroker({str(self.url)!r}, group={self.group!r}, consumer={self.consumer_id!r})"
+
+
+def _body(fields: dict[bytes, bytes], msg_id: bytes, key: str, url: BrokerURL) -> bytes:
+    """The entry's body; for an entry callq did not write (no field ``b``) a JSON rendering of
+    all its fields that core cannot take for a call, so it is dead-lettered with its content."""
+    body = fields.get(b"b")
+    if body is not None and len(fields) == 1:
+        return body
+    log.warning("redis %s: entry %s of %s is not callq's (fields %s, expected only 'b'); it goes to "
+                "the dead-letter queue", url, msg_id.decode(), key,
+                ", ".join(repr(f.decode(errors="replace")) for f in list(fields)[:5]))
+    rendered = {f.decode(errors="backslashreplace"): v.decode(errors="backslashreplace") for f, v in fields.items()}
+    return json.dumps([f"redis stream entry {msg_id.decode()} of {key} has no single field 'b'", rendered],
+                      ensure_ascii=False).encode()
 
 
 def _pipeline_xadd(client: redis.Redis, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:
