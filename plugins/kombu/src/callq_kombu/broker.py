@@ -258,7 +258,7 @@ class KombuBroker(BrokerBase):
                     n = min(max_n, len(c.buffer))
                     msgs = [c.buffer.popleft() for _ in range(n)]
                     c.outstanding += n
-                    return [Delivery(m.body if isinstance(m.body, bytes) else bytes(m.body, "utf-8"), queue, (c, m),
+                    return [Delivery(_as_bytes(m.body), queue, (c, m),
                                      bool(m.delivery_info.get("redelivered"))) for m in msgs]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -354,3 +354,16 @@ def _is_connection_error(exc: BaseException) -> bool:
 def _is_not_found(exc: BaseException) -> bool:
     return getattr(exc, "code", None) == 404 or getattr(exc, "reply_code", None) == 404 or \
         "NOT_FOUND" in str(exc) or "no queue" in str(exc).lower()
+
+
+def _as_bytes(body: object) -> bytes:
+    """The message's body as bytes whatever a foreign producer sent, for core to judge."""
+    if isinstance(body, bytes):
+        return body
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    return repr(body).encode()  # a transport that decoded it already: not callq's wire format

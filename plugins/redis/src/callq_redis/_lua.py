@@ -14,12 +14,21 @@ Keys (``P`` is the URL's ``prefix``; ``Q`` a queue name; ``L`` a priority level;
 * ``P:procs:C``      set of the queues consumer ``C`` has processing lists for
 * ``P:seq``          counter for unique delayed-member prefixes
 
+``WAKE`` (below) is pushed to an empty ready list when a delayed message becomes the next one
+due, so fetches blocked on the list wake and shorten their wait to its due time; claims drop it.
+A key of another type where callq expects its list or zset (written by other code) is replaced
+by a message holding its content as a JSON array: core dead-letters it instead of every fetch
+failing with WRONGTYPE.
+
 Keys are computed inside the scripts, so the broker needs a standalone Redis (not Cluster).
 Times come from the Redis server (``TIME``), so clients' clocks do not matter.
 """
 
+WAKE = "\x00callq:wake"
+
 COMMON = r"""
 local P = ARGV[1]
+local WAKE = '\0callq:wake'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -35,8 +44,42 @@ local function push_back(queue, level, body, front)
   if level ~= '0' then redis.call('ZADD', P .. ':levels:' .. queue, tonumber(level), level) end
 end
 local function add_delayed(queue, level, body, due)
+  local dkey = P .. ':delayed:' .. queue
+  local head = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
   local uniq = string.format('%016x', redis.call('INCR', P .. ':seq'))
-  redis.call('ZADD', P .. ':delayed:' .. queue, due, uniq .. ':' .. level .. ':' .. body)
+  redis.call('ZADD', dkey, due, uniq .. ':' .. level .. ':' .. body)
+  -- due before every other delayed message: wake fetches blocked on the empty list
+  if (#head == 0 or tonumber(head[2]) > due) and redis.call('LLEN', P .. ':q:' .. queue) == 0 then
+    redis.call('LPUSH', P .. ':q:' .. queue, WAKE)
+  end
+end
+-- 1 if the ready list of level 0 holds a wake-up marker (it sits near its oldest end)
+local function wake_in(key)
+  if redis.call('LPOS', key, WAKE, 'RANK', -1, 'MAXLEN', 1000) then return 1 end
+  return 0
+end
+-- a key of the wrong type (written by other code) becomes a message holding its content
+local function repair(queue)
+  local qkey = P .. ':q:' .. queue
+  local want = {{qkey, 'list'}, {P .. ':delayed:' .. queue, 'zset'}, {P .. ':levels:' .. queue, 'zset'}}
+  for _, kw in ipairs(want) do
+    local key, expected = kw[1], kw[2]
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= expected and t ~= 'none' then
+      local content
+      if t == 'string' then content = redis.call('GET', key)
+      elseif t == 'hash' then content = redis.call('HGETALL', key)
+      elseif t == 'set' then content = redis.call('SMEMBERS', key)
+      elseif t == 'zset' then content = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      elseif t == 'list' then content = redis.call('LRANGE', key, 0, -1)
+      elseif t == 'stream' then content = redis.call('XRANGE', key, '-', '+')
+      else content = t end
+      local body = cjson.encode({'redis key ' .. key .. ' is a ' .. t .. ', callq expected a ' .. expected, content})
+      redis.call('DEL', key)
+      redis.call('LPUSH', qkey, body)
+      redis.log(redis.LOG_WARNING, 'callq: ' .. key .. ' was a ' .. t .. ' (expected ' .. expected .. '); its content is now a message')
+    end
+  end
 end
 -- move due delayed messages to their lists; return ms until the next one is due (-1: none)
 local function promote(queue, now)
@@ -109,6 +152,7 @@ CLAIM = COMMON + r"""
 local queue, cid, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local seq, dead_after, track = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
 local now = now_ms()
+repair(queue)
 local recovered = 0
 if track then
   redis.call('ZADD', P .. ':consumers', now, cid)
@@ -123,20 +167,27 @@ for _, level in ipairs(levels) do
   if got >= n then break end
   local key = list_key(queue, level)
   local items = redis.call('RPOP', key, n - got)
-  if items then
-    local args = {}
+  while items do
+    local args, woke = {}, false
     for _, body in ipairs(items) do
-      got = got + 1
-      if track then
-        local f = string.format('%d', seq + got) .. ':' .. level .. ':' .. queue
-        table.insert(args, f)
-        table.insert(args, body)
-        table.insert(out, f)
-        if #args >= 2000 then redis.call('HSET', h, unpack(args)); args = {} end
+      if body == WAKE then
+        woke = true
+      else
+        got = got + 1
+        if track then
+          local f = string.format('%d', seq + got) .. ':' .. level .. ':' .. queue
+          table.insert(args, f)
+          table.insert(args, body)
+          table.insert(out, f)
+          if #args >= 2000 then redis.call('HSET', h, unpack(args)); args = {} end
+        end
+        table.insert(out, body)
       end
-      table.insert(out, body)
     end
     if #args > 0 then redis.call('HSET', h, unpack(args)) end
+    items = false
+    -- a wake-up marker took a place: take one more of this level
+    if woke and got < n then items = redis.call('RPOP', key, n - got) end
   end
   if level ~= '0' and redis.call('EXISTS', key) == 0 then
     redis.call('ZREM', P .. ':levels:' .. queue, level)
@@ -150,6 +201,7 @@ return out
 LMOVE_CLAIM = COMMON + r"""
 local queue, cid, n, dead_after = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local now = now_ms()
+repair(queue)
 redis.call('ZADD', P .. ':consumers', now, cid)
 local recovered = recover_dead(now, dead_after, 1)
 local next_due = promote(queue, now)
@@ -159,7 +211,7 @@ local out = {next_due, recovered, 0}
 for i = 1, n do
   local body = redis.call('LMOVE', src, pk, 'RIGHT', 'LEFT')
   if not body then break end
-  table.insert(out, body)
+  if body == WAKE then redis.call('LPOP', pk) else table.insert(out, body) end
 end
 return out
 """
@@ -247,7 +299,7 @@ local queue = ARGV[2]
 local levels = levels_of(queue)
 local n = redis.call('ZCARD', P .. ':delayed:' .. queue)
 for _, level in ipairs(levels) do n = n + redis.call('LLEN', list_key(queue, level)) end
-return n
+return n - wake_in(list_key(queue, '0'))
 """
 
 # ARGV: prefix, queue.  Deletes waiting messages (every level plus delayed); returns how many.
@@ -258,6 +310,7 @@ local n = redis.call('ZCARD', P .. ':delayed:' .. queue)
 for _, level in ipairs(levels) do
   local key = list_key(queue, level)
   n = n + redis.call('LLEN', key)
+  if level == '0' then n = n - wake_in(key) end
   redis.call('DEL', key)
 end
 redis.call('DEL', P .. ':delayed:' .. queue, P .. ':levels:' .. queue)

@@ -53,6 +53,9 @@ MAX_BLOCK = 1.0
 LEVEL_POLL = 0.1
 #: values per LPUSH / ids per script call
 CHUNK = 1000
+#: Redis times out blocked clients on its timer tick (hz 10: every 100 ms), so a blocking call
+#: returns up to a tick late; a wait that must end on time blocks until a tick before, then sleeps
+REDIS_TICK = 0.1
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, ConnectionResetError)
 
 
@@ -274,9 +277,12 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            wait = min(remaining, self.block)
-            if next_due_ms >= 0:
-                wait = min(wait, next_due_ms / 1000 + 0.002)
+            # the timeout, or the next delayed message's due time: both must be kept to a few ms
+            target = remaining if next_due_ms < 0 else min(remaining, next_due_ms / 1000 + 0.001)
+            if target <= REDIS_TICK:
+                time.sleep(target)
+                continue
+            wait = min(self.block, target - REDIS_TICK)
             if has_levels:
                 wait = min(wait, LEVEL_POLL)
             wait = max(wait, 0.01)  # 0 would block forever
@@ -284,6 +290,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 proc = f"{self.prefix}:proc:{self.consumer_id}:{queue}"
                 body = self.rc.call("fetch", lambda w=wait, p=proc: self.client.blmove(base, p, w, "RIGHT", "LEFT"),
                                     on_error=self._mark_suspect)
+                if body == _lua.WAKE.encode():  # a wake-up marker, not a message
+                    self.rc.call("fetch", lambda p=proc: self.client.lrem(p, 1, body))
+                    continue
                 if body is not None:
                     with self._lock:
                         self._held_bodies[(queue, body)] += 1

@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
-from callq_redis.broker import RetryingClient, redis_client
+from callq_redis.broker import REDIS_TICK, RetryingClient, redis_client
 from callq_redis.state import SharedStateMixin
 
 log = logging.getLogger("callq.redis_stream")
@@ -256,7 +256,12 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            block_ms = int(min(remaining, self.block) * 1000) if remaining > 0 else None
+            if 0 < remaining <= REDIS_TICK:
+                # Redis ends a BLOCK on its 100 ms timer tick: a short wait is slept here instead,
+                # so the caller (waiting for a held call's due time) gets its answer on time
+                time.sleep(remaining)
+                remaining = 0
+            block_ms = int(min(remaining - REDIS_TICK, self.block) * 1000) if remaining > 0 else None
             if block_ms is not None and block_ms <= 0:
                 block_ms = None  # BLOCK 0 would wait forever
 
