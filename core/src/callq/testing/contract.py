@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from ..broker import Capabilities, Connection, Delivery
+from .poison import PoisonContract
 
 
 def fresh_queue_name(prefix: str = "cq-test") -> str:
@@ -68,7 +69,7 @@ print("ok", flush=True)
 """
 
 
-class BrokerContract:
+class BrokerContract(PoisonContract):
     """Subclass as ``Test<Broker>Contract`` and override the ``broker_url`` fixture.
 
     Optional overrides: ``wait_margin`` (extra seconds allowed on top of the broker's
