@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from ..broker import Connection
 
 _J = json.JSONEncoder(allow_nan=True, separators=(",", ":")).encode

@@ -291,7 +291,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 body = self.rc.call("fetch", lambda w=wait, p=proc: self.client.blmove(base, p, w, "RIGHT", "LEFT"),
                                     on_error=self._mark_suspect)
                 if body == _lua.WAKE.encode():  # a wake-up marker, not a message
-                    self.rc.call("fetch", lambda p=proc: self.client.lrem(p, 1, body))
+                    self.rc.call("fetch", lambda p=proc, b=body: self.client.lrem(p, 1, b))
                     continue
                 if body is not None:
                     with self._lock:
