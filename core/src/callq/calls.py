@@ -108,11 +108,7 @@ class CallRunner:
         entered = []
         scopes = self._open_scopes(call) if self._scope_hooks else ()
         try:
-            for control in self._scoped:
-                control.enter(call)
-                entered.append(control)
-            if self._before_hooks:
-                self.call_hook("callq_before_call", call=call)
+            self._enter(call, entered)
             started = perf_counter()
             call.result = self.fn(**call.kwargs)
             self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
@@ -122,6 +118,13 @@ class CallRunner:
             error = self._leave(call, entered, scopes, error)
             set_current(None)
         self._conclude(call, error)
+
+    def _enter(self: Consumer, call: CallContext, entered: list[Any]) -> None:  # type: ignore[misc]
+        for control in self._scoped:
+            control.enter(call)
+            entered.append(control)  # only entered controls leave
+        if self._before_hooks:
+            self.call_hook("callq_before_call", call=call)
 
     def _leave(self: Consumer, call: CallContext, entered: list[Any], scopes: Any,  # type: ignore[misc]
                error: BaseException | None) -> BaseException | None:
@@ -180,11 +183,7 @@ class CallRunner:
         entered: list[Any] = []
         scopes = self._open_scopes(call) if self._scope_hooks else ()
         try:
-            for control in self._scoped:
-                control.enter(call)
-                entered.append(control)
-            if self._before_hooks:
-                self.call_hook("callq_before_call", call=call)
+            self._enter(call, entered)
             call.result = await self.fn(**call.kwargs)
         except BaseException as exc:  # noqa: BLE001
             error = exc
@@ -231,6 +230,8 @@ class CallRunner:
 
     def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         """Act on ``call.outcome``, then tell the controls and plugins."""
+        if self.aborted:
+            return  # its message went back to the queue when the consumer stopped at once
         try:
             self._act(call)
         except Exception as exc:  # noqa: BLE001 - never leave a delivery unsettled
