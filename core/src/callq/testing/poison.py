@@ -130,7 +130,6 @@ class PoisonContract:
 
         mix = poison_mix(self.poison_valid, self.poison_invalid)
         dlq = f"{queue}.dlq"
-        self.prime(connection, dlq)  # type: ignore[attr-defined]
         ran: set[int] = set()
         lock = threading.Lock()
 
@@ -139,6 +138,10 @@ class PoisonContract:
                 ran.add(a)
 
         t = task(queue, broker=broker_url, concurrency=8, max_retries=0)(poison_target)
+        if not connection.capabilities.distributed:
+            connection.close()  # one process-wide consumer per endpoint: the worker's
+        connection = t.connection  # the worker's own (brokers that are not distributed need it)
+        self.prime(connection, dlq)  # type: ignore[attr-defined]
         foreign = self.inject_foreign_entries(broker_url, queue, "before")
         consumer = t.consume()
         try:
