@@ -97,6 +97,7 @@ class Consumer(CallRunner, Stopping):
         self._started_at = 0.0
         self.last_delivery = time.monotonic()
         self.fetch_timeout = FETCH_TIMEOUT
+        self._admit_all, self._admit_keys = True, frozenset()
         self.error: BaseException | None = None
         self._state_store: StateStore | None = None
         if opts.dedup or opts.distributed_qps:
@@ -120,6 +121,7 @@ class Consumer(CallRunner, Stopping):
             for control in self.controls.start:  # type: ignore[attr-defined]
                 control.start()
                 started.append(control)
+            self._admit_all, self._admit_keys = self.controls.admit_filter()
             self.conn.hook.callq_consumer_started(consumer=self)
         except BaseException:
             for control in started:
@@ -276,7 +278,9 @@ class Consumer(CallRunner, Stopping):
             self.malformed(delivery, exc)
             return None
         call = CallContext(self, delivery, kwargs, meta)
-        return call if self.admit(call) else None
+        if self._admit_all or not self._admit_keys.isdisjoint(meta):
+            return call if self.admit(call) else None
+        return call
 
     def admit(self, call: CallContext) -> bool:
         """Ask the controls; True if the call may run now."""
