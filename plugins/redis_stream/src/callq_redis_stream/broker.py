@@ -114,6 +114,24 @@ end
 return -1
 """
 
+# ARGV: stream.  A key of another type where the stream belongs (written by other code) becomes
+# a stream holding one entry: its content as a JSON array, which the worker dead-letters.
+_REPAIR = r"""
+local key = ARGV[1]
+local t = redis.call('TYPE', key)['ok']
+if t == 'stream' or t == 'none' then return 0 end
+local content
+if t == 'string' then content = redis.call('GET', key)
+elseif t == 'hash' then content = redis.call('HGETALL', key)
+elseif t == 'set' then content = redis.call('SMEMBERS', key)
+elseif t == 'zset' then content = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+elseif t == 'list' then content = redis.call('LRANGE', key, 0, -1)
+else content = t end
+redis.call('DEL', key)
+redis.call('XADD', key, '*', 'b', cjson.encode({'redis key ' .. key .. ' is a ' .. t .. ', callq expected a stream', content}))
+return 1
+"""
+
 # ARGV: stream, group.  Waiting = entries in the stream minus those pending (acked ones are deleted).
 _SIZE = r"""
 local len = redis.call('XLEN', ARGV[1])
@@ -203,6 +221,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self._drop_if_empty = self.client.register_script(_DROP_IF_EMPTY)
         self._size = self.client.register_script(_SIZE)
         self._purge = self.client.register_script(_PURGE)
+        self._repair = self.client.register_script(_REPAIR)
         self._lock = threading.Lock()
         self._held: dict[str, set[bytes]] = {}  # queue -> ids handed out, not yet acked
         self._groups: set[str] = set()  # queues whose group we created (or found)
@@ -240,9 +259,18 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             self.rc.call("create group", lambda: self.client.xgroup_create(self._key(queue), self.group,
                                                                              id="0", mkstream=True))
         except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                self._repair_key(queue)
+                return self._ensure_group(queue, force=True)
             if "BUSYGROUP" not in str(exc):
                 raise
         self._groups.add(queue)
+
+    def _repair_key(self, queue: str) -> None:
+        key = self._key(queue)
+        if self.rc.call("repair", lambda: self._repair(args=[key])):
+            log.warning("redis %s: %s was not a stream (written by other code); its content is now an "
+                        "entry that goes to the dead-letter queue", self.url, key)
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         if max_n <= 0:
@@ -271,6 +299,10 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             try:
                 res = self.rc.call("fetch", read, on_error=lambda: self._suspect.add(queue))
             except ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    self._repair_key(queue)
+                    self._ensure_group(queue, force=True)
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("redis %s: group %s of %s is gone (Redis restarted?); creating it again",
