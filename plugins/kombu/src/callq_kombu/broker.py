@@ -124,6 +124,9 @@ class KombuBroker(BrokerBase):
         base = TRANSPORTS.get(self.transport, UNKNOWN)
         redelivery = 60.0
         if self.transport == "redis":
+            from .foreign import install
+
+            install()  # items other code pushed to the list are dead-lettered, not lost
             vt = url.float_param("visibility_timeout", 60.0, minimum=1.0)
             options["visibility_timeout"] = vt
             options["unacked_restore_throttle"] = 1  # look for expired unacked messages on every idle poll
