@@ -161,13 +161,15 @@ def test_usage_errors_exit_2():
 
 # --- broker errors: one line, exit 2, no traceback, no client-library noise (issue 9) ------------
 
-BROKER_ERRORS = [
-    ("amqp://guest:secret@127.0.0.1:1/", "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/: connection refused"),
+BROKER_ERRORS = [  # connect_timeout=1 keeps the test short; the 5 s default: tests/test_issue9_brokers.py
+    ("amqp://guest:secret@127.0.0.1:1/?connect_timeout=1",
+     "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/?connect_timeout=1: connection refused"),
     ("redis://127.0.0.1:6379/99", "DB index is out of range"),
-    ("redis://:secret@127.0.0.1:1/0", "cannot connect to Redis at redis://:***@127.0.0.1:1/0: connection refused"),
-    ("redis+stream://127.0.0.1:1/0", "connection refused"),
+    ("redis://:secret@127.0.0.1:1/0?connect_timeout=1",
+     "cannot connect to Redis at redis://:***@127.0.0.1:1/0?connect_timeout=1: connection refused"),
+    ("redis+stream://127.0.0.1:1/0?connect_timeout=1", "connection refused"),
     ("mqtt://127.0.0.1:1", "cannot connect to MQTT server at mqtt://127.0.0.1:1: connection refused"),
-    ("kombu+redis://127.0.0.1:1/0", "cannot connect to kombu+redis://127.0.0.1:1/0"),
+    ("kombu+redis://127.0.0.1:1/0?connect_timeout=1", "cannot connect to kombu+redis://127.0.0.1:1/0"),
 ]
 
 
