@@ -168,3 +168,18 @@ def test_retry_backoff_through_a_worker_is_on_time(url: str) -> None:
         median, worst = gaps[len(gaps) // 2], gaps[-1]
         print(f"{url.split(':')[0]}: retry lateness median {median:.1f} ms, max {worst:.1f} ms")
         assert median < 25 and worst < 80, gaps
+
+
+def test_rabbitmq_connection_refuses_bad_names_at_once() -> None:
+    """Not only at decoration: publish/size with a bad name is a ConfigError, not a 60 s hang."""
+    conn = Connection(RABBIT)
+    try:
+        for bad in ("a\nb", "q" * 303, "amq.x"):
+            started = time.monotonic()
+            with pytest.raises(ConfigError, match="not accepted by RabbitMQ"):
+                conn.publish(bad, [b"{}"])
+            with pytest.raises(ConfigError):
+                conn.size(bad)
+            assert time.monotonic() - started < 1
+    finally:
+        conn.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import ssl
 import threading
 import time
@@ -144,6 +145,7 @@ class RabbitmqBroker(BrokerBase):
             redelivery_timeout=float(2 * heartbeat if heartbeat else 60),
         )
 
+        self._names_ok: set[str] = set()  # queue names checked once
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ops: deque[tuple[Future[Any], Callable[[Future[Any]], None]]] = deque()
@@ -630,7 +632,18 @@ class RabbitmqBroker(BrokerBase):
 
     # --- the broker hooks --------------------------------------------------------------------------
 
+    def _check_queue(self, queue: str) -> None:
+        """ConfigError at once for a name RabbitMQ would refuse (it would close the channel, or hang)."""
+        if queue in self._names_ok:
+            return
+        size = len(queue.encode())
+        if size > 255 or not re.fullmatch(self.queue_name_pattern, queue):
+            raise ConfigError(f"queue name {queue!r:.80} is not accepted by RabbitMQ: at most 255 bytes (this one "
+                              f"has {size}), no control characters, not starting with 'amq.'")
+        self._names_ok.add(queue)
+
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        self._check_queue(queue)
         bodies = list(bodies)
         if not bodies:
             return 0
@@ -638,6 +651,7 @@ class RabbitmqBroker(BrokerBase):
                               self.publish_timeout, f"publish to {queue}"))
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        self._check_queue(queue)
         deadline = time.monotonic() + timeout
         with self._lock:
             want = min(self.prefetch_count, max(1, max_n) + self._outstanding.get(queue, 0))
@@ -710,12 +724,14 @@ class RabbitmqBroker(BrokerBase):
         return int(self._call(functools.partial(self._op_temp_channel, action), self.publish_timeout, what))
 
     def callq_size(self, queue: str) -> int:
+        self._check_queue(queue)
         def passive(ch: Any, done: Callable[[Any], None]) -> None:
             ch.queue_declare(queue, passive=True, callback=lambda f: done(f.method.message_count))
 
         return self._temp(passive, f"size of {queue}")
 
     def callq_purge(self, queue: str) -> int:
+        self._check_queue(queue)
         def purge(name: str) -> Callable[[Any, Callable[[Any], None]], None]:
             def action(ch: Any, done: Callable[[Any], None]) -> None:
                 ch.queue_purge(name, callback=lambda f: done(f.method.message_count))
