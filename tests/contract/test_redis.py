@@ -24,9 +24,10 @@ class ForeignKeys:
         prefix = broker_url.rsplit("prefix=", 1)[1]
         client = redis.Redis.from_url(REDIS)
         try:
-            client.set(f"{prefix}:q:{queue}", '{"a": 1}')
-            client.hset(f"{prefix}:delayed:{queue}", mapping={"x": "1", "y": b"\xff"})
-            client.sadd(f"{prefix}:levels:{queue}", "junk")
+            base = f"{prefix}:{{{queue}}}"
+            client.set(f"{base}:q", '{"a": 1}')
+            client.hset(f"{base}:delayed", mapping={"x": "1", "y": b"\xff"})
+            client.sadd(f"{base}:levels", "junk")
         finally:
             client.close()
         return 3

@@ -10,6 +10,7 @@ from .lifecycle import running_consumers, stop_all, wait
 from .options import TaskOptions
 from .plugins import get_plugin_manager, register, unregister
 from .processes import ProcessGroup
+from .results import AsyncResult, RemoteError, ResultsOff
 from .schedule import Scheduler, at, cron, crontab, every
 from .state import StateStore
 from .task import Task, is_paused, pause, resume, task
@@ -17,8 +18,9 @@ from .task import Task, is_paused, pause, resume, task
 __version__ = "0.1.0"
 
 __all__ = [
-    "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
+    "AsyncResult", "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
     "ConfigError", "Connection", "Consumer", "Control", "Defer", "Drop", "Hold", "Skip", "Verdict", "Delivery", "Reject", "Requeue", "Retry", "Stats",
+    "RemoteError", "ResultsOff",
     "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
     "ProcessGroup", "Scheduler", "StateStore", "at", "cron", "crontab", "every", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
     "unregister", "wait",
