@@ -7,18 +7,20 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
     ClusterDownError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
     MasterDownError,
     RedisClusterException,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
-import redis
-from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
