@@ -695,7 +695,7 @@ class RabbitmqBroker(BrokerBase):
                 self._subs[queue] = want
         if grow and self._ready.is_set():
             try:
-                self._call(functools.partial(self._subscribe, queue, want), self.connect_timeout,
+                self._call(functools.partial(self._subscribe, queue, want), max(self.connect_timeout, 10.0),
                            f"subscribe to {queue}")
             except BrokerError:
                 with self._lock:
