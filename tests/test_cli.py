@@ -157,3 +157,47 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and "invalid choice" in r.stderr
     r = cli("worker")
     assert r.returncode == 2 and "MODULE:TASK" in r.stderr
+
+
+# --- broker errors: one line, exit 2, no traceback, no client-library noise (issue 9) ------------
+
+BROKER_ERRORS = [  # connect_timeout=1 keeps the test short; the 5 s default: tests/test_issue9_brokers.py
+    ("amqp://guest:secret@127.0.0.1:1/?connect_timeout=1",
+     "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:1/?connect_timeout=1: connection refused"),
+    ("redis://127.0.0.1:6379/99", "DB index is out of range"),
+    ("redis://:secret@127.0.0.1:1/0?connect_timeout=1",
+     "cannot connect to Redis at redis://:***@127.0.0.1:1/0?connect_timeout=1: connection refused"),
+    ("redis+stream://127.0.0.1:1/0?connect_timeout=1", "connection refused"),
+    ("mqtt://127.0.0.1:1", "cannot connect to MQTT server at mqtt://127.0.0.1:1: connection refused"),
+    ("kombu+redis://127.0.0.1:1/0?connect_timeout=1", "cannot connect to kombu+redis://127.0.0.1:1/0"),
+]
+
+
+@pytest.mark.parametrize("url, message", BROKER_ERRORS, ids=[u.split(":")[0] for u, _ in BROKER_ERRORS])
+def test_broker_errors_are_one_line_with_exit_2(project, url, message):
+    _, env = project
+    for args in (["size", "--broker", url, "q"], ["purge", "--broker", url, "q", "--yes"],
+                 ["publish", "--broker", url, "q", '{"i": 1}']):
+        started = time.monotonic()
+        r = cli(*args, env=env)
+        assert time.monotonic() - started < 15, "an unreachable broker must fail within about 5 s"
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert message in r.stderr, r.stderr
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("callq: "), r.stderr
+        assert "secret" not in r.stderr
+
+
+def test_worker_with_an_unreachable_broker_exits_2(project):
+    tmp, env = project
+    env = {**env, "CLI_URL": "redis://127.0.0.1:1/0?connect_timeout=1"}
+    r = cli("worker", "cli_tasks_mod:work", env=env)
+    assert r.returncode == 2, r.stderr
+    assert "cannot connect to Redis at redis://127.0.0.1:1/0?connect_timeout=1: connection refused" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_log_level_shows_the_traceback(project):
+    _, env = project
+    r = cli("--log-level", "DEBUG", "size", "--broker", "redis://127.0.0.1:6379/99", "q", env=env)
+    assert r.returncode == 2 and "Traceback" in r.stderr and "DB index is out of range" in r.stderr

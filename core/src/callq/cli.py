@@ -9,8 +9,8 @@
     callq dlq list|replay|purge QUEUE [--broker URL] [--id ID ...]
     callq dashboard [--broker URL] [--history URL] [--host H] [--port P] [--token T]
 
-Exit codes: 0 success, 1 runtime failure (broker unreachable, worker processes gave up),
-2 usage or configuration error (message on stderr, no traceback).
+Exit codes: 0 success, 1 runtime failure (worker processes gave up), 2 usage, configuration
+or broker error (one line on stderr, no traceback unless --log-level DEBUG).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from .errors import BrokerError, ConfigError
 log = logging.getLogger("callq.cli")
 
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+#: client libraries whose own INFO/ERROR lines repeat what callq reports in one line
+QUIET_LOGGERS = ("pika", "kombu", "amqp", "paho", "redis", "urllib3")
 
 
 class UsageError(Exception):
@@ -220,6 +222,9 @@ COMMANDS = {"worker": cmd_worker, "size": cmd_size, "purge": cmd_purge, "publish
 
 
 def _setup_logging(level: str) -> None:
+    if level != "DEBUG":
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL if name == "pika" else logging.WARNING)
     root = logging.getLogger()
     if root.handlers:
         root.setLevel(level)
@@ -244,14 +249,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError) as exc:  # BrokerNotFound is a ConfigError
-        print(f"callq: error: {exc}", file=sys.stderr)
+    except (UsageError, ConfigError, BrokerError) as exc:  # BrokerNotFound is a ConfigError
+        if args.log_level == "DEBUG":
+            log.debug("traceback", exc_info=True)
+        kind = "broker error" if isinstance(exc, BrokerError) else "error"
+        print(f"callq: {kind}: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except BrokerError as exc:
-        print(f"callq: broker error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

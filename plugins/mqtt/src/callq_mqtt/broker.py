@@ -45,6 +45,12 @@ class MqttBroker(BrokerBase):
     """One paho-mqtt client per broker instance (thread-safe)."""
 
     heartbeat_interval = 30.0
+    # a queue is a topic name, subscribed as $share/GROUP/QUEUE
+    max_queue_name = 65_000
+    queue_name_pattern = r"(?!\$)[^+#\x00-\x1f\x7f]+"
+    queue_name_rule = ("an MQTT topic name: no wildcard + or #, no NUL or control characters, not starting "
+                       "with $ (reserved by the server); 65,000 bytes leave room for the $share/GROUP/ prefix "
+                       "within MQTT's 65,535")
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
@@ -58,7 +64,7 @@ class MqttBroker(BrokerBase):
         if not self.group or any(ch in self.group for ch in "/+#"):
             raise ConfigError(f"broker URL {url}: group must be a non-empty name without / + #")
         keepalive = url.int_param("keepalive", 30, minimum=5)
-        self.connect_timeout = url.float_param("connect_timeout", 10.0, minimum=0.1)
+        self.connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         self.publish_timeout = url.float_param("publish_timeout", 30.0, minimum=0.1)
         self.handback = url.float_param("handback", 1.0)
         self.capabilities = Capabilities(acks=False, persistent=False, distributed=True, backlog=False,
@@ -70,6 +76,7 @@ class MqttBroker(BrokerBase):
         self._topics: set[str] = set()
         self._acks: dict[int, threading.Event] = {}
         self._connected = threading.Event()
+        self._refused: str | None = None  # the server's reason when it refused the first connection
         self._closed = False
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"callq-{uuid.uuid4().hex[:12]}",
                              protocol=mqtt.MQTTv5)
@@ -80,15 +87,21 @@ class MqttBroker(BrokerBase):
         client.on_unsubscribe = self._on_sub_ack
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.max_queued_messages_set(0)
+        client.connect_timeout = self.connect_timeout
         self._client = client
         try:
             client.connect(url.host or "localhost", url.port or 1883, keepalive=keepalive, clean_start=True)
         except OSError as exc:
-            raise BrokerError(f"cannot connect to MQTT server at {url}: {exc}") from exc
+            cause = exc.strerror or str(exc) or type(exc).__name__
+            raise BrokerError(f"cannot connect to MQTT server at {url}: {cause[:1].lower() + cause[1:]}") from exc
         client.loop_start()
-        if not self._connected.wait(self.connect_timeout):
+        if not self._connected.wait(self.connect_timeout) or self._refused:
+            self._closed = True
+            client.disconnect()
             client.loop_stop()
-            raise BrokerError(f"cannot connect to MQTT server at {url}: no CONNACK within {self.connect_timeout}s")
+            cause = (f"refused: {self._refused}" if self._refused
+                     else f"no CONNACK within {self.connect_timeout:g}s")
+            raise BrokerError(f"cannot connect to MQTT server at {url}: {cause}")
         self._stop = threading.Event()
         if self.handback:
             threading.Thread(target=self._hand_back_loop, name=f"callq-mqtt-handback-{id(self):x}",
@@ -105,6 +118,10 @@ class MqttBroker(BrokerBase):
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
+            if not self._connected.is_set() and getattr(self, "_stop", None) is None:
+                self._refused = str(reason)  # the constructor still waits: it reports this
+                self._connected.set()
+                return
             log.warning("MQTT server %s refused the connection: %s", self.url, reason)
             return
         with self._lock:

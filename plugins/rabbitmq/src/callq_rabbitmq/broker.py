@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import ssl
 import threading
 import time
@@ -70,6 +71,33 @@ def delay_queue_name(queue: str, ms: int) -> str:
     return f"{queue}.delay.{ms}"
 
 
+def describe_error(exc: BaseException) -> str:
+    """The innermost useful text of a pika error (pika nests the socket error two levels deep)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    found: list[BaseException] = []
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        found.append(e)
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[:1].lower() + e.strerror[1:]
+        nested = [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        nested += [a for a in getattr(e, "exceptions", ()) or () if isinstance(a, BaseException)]
+        for attr in ("exception", "__cause__", "__context__"):
+            inner = getattr(e, attr, None)
+            if isinstance(inner, BaseException):
+                nested.append(inner)
+        stack.extend(reversed(nested))
+    for e in found:
+        text = str(e).strip()
+        if text and text != "None":
+            return f"{type(e).__name__}: {text}"
+    return type(exc).__name__
+
+
 class _Batch:
     """Messages of one publish call waiting for their confirms."""
 
@@ -86,6 +114,12 @@ class RabbitmqBroker(BrokerBase):
     """A callq broker on one RabbitMQ connection (thread-safe; pika runs on its own thread)."""
 
     heartbeat_interval = 30.0  # callq's heartbeat has nothing to do here: RabbitMQ tracks consumers
+    # RabbitMQ: a short string of at most 255 bytes, amq.* reserved; 20 bytes kept for the
+    # ".delay.MS" suffix of the delay queues
+    max_queue_name = 235
+    queue_name_pattern = r"(?!amq\.)[^\x00-\x1f\x7f]+"
+    queue_name_rule = ("no control characters, not starting with 'amq.' (reserved by RabbitMQ); 235 bytes keep "
+                       "its delay queues (QUEUE.delay.MS) within RabbitMQ's 255")
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
@@ -106,7 +140,7 @@ class RabbitmqBroker(BrokerBase):
         if self.max_priority > 255:
             raise ConfigError(f"broker URL {url}: max_priority must be <= 255 (RabbitMQ recommends <= 10)")
         heartbeat = url.int_param("heartbeat", 30, minimum=0)
-        self.connect_timeout = url.float_param("connect_timeout", 10.0, minimum=0.1)
+        self.connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         self.publish_timeout = url.float_param("publish_timeout", 30.0, minimum=0.1)
         expires = url.float_param("queue_expires", 0.0, minimum=0.0)
         self.queue_expires_ms = int(expires * 1000)
@@ -122,6 +156,7 @@ class RabbitmqBroker(BrokerBase):
             redelivery_timeout=float(2 * heartbeat if heartbeat else 60),
         )
 
+        self._names_ok: set[str] = set()  # queue names checked once
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ops: deque[tuple[Future[Any], Callable[[Future[Any]], None]]] = deque()
@@ -149,12 +184,13 @@ class RabbitmqBroker(BrokerBase):
 
         self._thread = threading.Thread(target=self._io_main, name=f"callq-rabbitmq-io-{id(self):x}", daemon=True)
         self._thread.start()
-        self._startup.wait(self.connect_timeout + 1)
+        self._startup.wait(self.connect_timeout)
         if not self._ready.is_set():
             self._closing = True
             self._stop.set()
             err = self._first_error
-            raise BrokerError(f"cannot connect to RabbitMQ at {url}: {err or 'timed out'}")
+            cause = describe_error(err) if err else f"no answer within {self.connect_timeout:g}s"
+            raise BrokerError(f"cannot connect to RabbitMQ at {url}: {cause}")
 
     # --- URL --------------------------------------------------------------------------------------
 
@@ -244,8 +280,10 @@ class RabbitmqBroker(BrokerBase):
                 backoff = 0.2
             if len(self._params_list) > 1:  # try the next node of the cluster
                 self._next_host += 1
-            log.warning("RabbitMQ connection to %s:%s lost; reconnecting in %.1fs",
-                        self._params.host, self._params.port, backoff)
+            # before the first success the constructor reports the failure itself
+            log.log(logging.WARNING if self._startup.is_set() else logging.DEBUG,
+                    "RabbitMQ connection to %s:%s lost; reconnecting in %.1fs",
+                    self._params.host, self._params.port, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
         # closed: fail whatever is still queued
@@ -628,7 +666,18 @@ class RabbitmqBroker(BrokerBase):
 
     # --- the broker hooks --------------------------------------------------------------------------
 
+    def _check_queue(self, queue: str) -> None:
+        """ConfigError at once for a name RabbitMQ would refuse (it would close the channel, or hang)."""
+        if queue in self._names_ok:
+            return
+        size = len(queue.encode())
+        if size > 255 or not re.fullmatch(self.queue_name_pattern, queue):
+            raise ConfigError(f"queue name {queue!r:.80} is not accepted by RabbitMQ: at most 255 bytes (this one "
+                              f"has {size}), no control characters, not starting with 'amq.'")
+        self._names_ok.add(queue)
+
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        self._check_queue(queue)
         bodies = list(bodies)
         if not bodies:
             return 0
@@ -636,6 +685,7 @@ class RabbitmqBroker(BrokerBase):
                               self.publish_timeout, f"publish to {queue}"))
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        self._check_queue(queue)
         deadline = time.monotonic() + timeout
         with self._lock:
             want = min(self.prefetch_count, max(1, max_n) + self._outstanding.get(queue, 0))
@@ -645,7 +695,7 @@ class RabbitmqBroker(BrokerBase):
                 self._subs[queue] = want
         if grow and self._ready.is_set():
             try:
-                self._call(functools.partial(self._subscribe, queue, want), self.connect_timeout,
+                self._call(functools.partial(self._subscribe, queue, want), max(self.connect_timeout, 10.0),
                            f"subscribe to {queue}")
             except BrokerError:
                 with self._lock:
@@ -708,12 +758,14 @@ class RabbitmqBroker(BrokerBase):
         return int(self._call(functools.partial(self._op_temp_channel, action), self.publish_timeout, what))
 
     def callq_size(self, queue: str) -> int:
+        self._check_queue(queue)
         def passive(ch: Any, done: Callable[[Any], None]) -> None:
             ch.queue_declare(queue, passive=True, callback=lambda f: done(f.method.message_count))
 
         return self._temp(passive, f"size of {queue}")
 
     def callq_purge(self, queue: str) -> int:
+        self._check_queue(queue)
         def purge(name: str) -> Callable[[Any, Callable[[Any], None]], None]:
             def action(ch: Any, done: Callable[[Any], None]) -> None:
                 ch.queue_purge(name, callback=lambda f: done(f.method.message_count))

@@ -20,10 +20,19 @@ shard) and ``B`` as ARGV[1]. Keys found at run time (a dead consumer's in-flight
 list of a priority level) are built from ``B`` inside the script: they carry the same hash
 tag, hence the same slot, which Redis Cluster allows.
 Times come from the Redis server (``TIME``), so clients' clocks do not matter.
+
+``WAKE`` (below) is pushed to an empty ready list when a delayed message becomes the next one
+due, so fetches blocked on the list wake and shorten their wait to its due time; claims drop it.
+A key of another type where callq expects its list or zset (written by other code) is replaced
+by a message holding its content as a JSON array: core dead-letters it instead of every fetch
+failing with WRONGTYPE.
 """
+
+WAKE = "\x00callq:wake"
 
 COMMON = r"""
 local B = ARGV[1]
+local WAKE = '\0callq:wake'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,8 +48,42 @@ local function push_back(level, body, front)
   if level ~= '0' then redis.call('ZADD', B .. ':levels', tonumber(level), level) end
 end
 local function add_delayed(level, body, due)
+  local dkey = B .. ':delayed'
+  local head = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
   local uniq = string.format('%016x', redis.call('INCR', B .. ':seq'))
-  redis.call('ZADD', B .. ':delayed', due, uniq .. ':' .. level .. ':' .. body)
+  redis.call('ZADD', dkey, due, uniq .. ':' .. level .. ':' .. body)
+  -- due before every other delayed message: wake fetches blocked on the empty list
+  if (#head == 0 or tonumber(head[2]) > due) and redis.call('LLEN', B .. ':q') == 0 then
+    redis.call('LPUSH', B .. ':q', WAKE)
+  end
+end
+-- 1 if the ready list of level 0 holds a wake-up marker (it sits near its oldest end)
+local function wake_in(key)
+  if redis.call('LPOS', key, WAKE, 'RANK', -1, 'MAXLEN', 1000) then return 1 end
+  return 0
+end
+-- a key of the wrong type (written by other code) becomes a message holding its content
+local function repair()
+  local qkey = B .. ':q'
+  local want = {{qkey, 'list'}, {B .. ':delayed', 'zset'}, {B .. ':levels', 'zset'}}
+  for _, kw in ipairs(want) do
+    local key, expected = kw[1], kw[2]
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= expected and t ~= 'none' then
+      local content
+      if t == 'string' then content = redis.call('GET', key)
+      elseif t == 'hash' then content = redis.call('HGETALL', key)
+      elseif t == 'set' then content = redis.call('SMEMBERS', key)
+      elseif t == 'zset' then content = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+      elseif t == 'list' then content = redis.call('LRANGE', key, 0, -1)
+      elseif t == 'stream' then content = redis.call('XRANGE', key, '-', '+')
+      else content = t end
+      local body = cjson.encode({'redis key ' .. key .. ' is a ' .. t .. ', callq expected a ' .. expected, content})
+      redis.call('DEL', key)
+      redis.call('LPUSH', qkey, body)
+      redis.log(redis.LOG_WARNING, 'callq: ' .. key .. ' was a ' .. t .. ' (expected ' .. expected .. '); its content is now a message')
+    end
+  end
 end
 -- move due delayed messages to their lists; return ms until the next one is due (-1: none)
 local function promote(now)
@@ -108,6 +151,7 @@ CLAIM = COMMON + r"""
 local cid, n = ARGV[2], tonumber(ARGV[3])
 local seq, dead_after, track = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local now = now_ms()
+repair()
 local recovered = 0
 if track then
   redis.call('ZADD', B .. ':consumers', now, cid)
@@ -122,20 +166,27 @@ for _, level in ipairs(levels) do
   if got >= n then break end
   local key = list_key(level)
   local items = redis.call('RPOP', key, n - got)
-  if items then
-    local args = {}
+  while items do
+    local args, woke = {}, false
     for _, body in ipairs(items) do
-      got = got + 1
-      if track then
-        local f = string.format('%d', seq + got) .. ':' .. level
-        table.insert(args, f)
-        table.insert(args, body)
-        table.insert(out, f)
-        if #args >= 2000 then redis.call('HSET', h, unpack(args)); args = {} end
+      if body == WAKE then
+        woke = true
+      else
+        got = got + 1
+        if track then
+          local f = string.format('%d', seq + got) .. ':' .. level
+          table.insert(args, f)
+          table.insert(args, body)
+          table.insert(out, f)
+          if #args >= 2000 then redis.call('HSET', h, unpack(args)); args = {} end
+        end
+        table.insert(out, body)
       end
-      table.insert(out, body)
     end
     if #args > 0 then redis.call('HSET', h, unpack(args)) end
+    items = false
+    -- a wake-up marker took a place: take one more of this level
+    if woke and got < n then items = redis.call('RPOP', key, n - got) end
   end
   if level ~= '0' and redis.call('EXISTS', key) == 0 then
     redis.call('ZREM', B .. ':levels', level)
@@ -150,6 +201,7 @@ return out
 LMOVE_CLAIM = COMMON + r"""
 local cid, n, dead_after = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
+repair()
 redis.call('ZADD', B .. ':consumers', now, cid)
 local recovered = recover_dead(now, dead_after, 1)
 local next_due = promote(now)
@@ -158,7 +210,7 @@ local out = {next_due, recovered, 0}
 for i = 1, n do
   local body = redis.call('LMOVE', src, pk, 'RIGHT', 'LEFT')
   if not body then break end
-  table.insert(out, body)
+  if body == WAKE then redis.call('LPOP', pk) else table.insert(out, body) end
 end
 return out
 """
@@ -241,7 +293,7 @@ return n
 SIZE = COMMON + r"""
 local n = redis.call('ZCARD', B .. ':delayed')
 for _, level in ipairs(levels_of()) do n = n + redis.call('LLEN', list_key(level)) end
-return n
+return n - wake_in(list_key('0'))
 """
 
 # KEYS: q, levels, delayed.  ARGV: base.  Deletes waiting messages; returns how many.
@@ -250,6 +302,7 @@ local n = redis.call('ZCARD', B .. ':delayed')
 for _, level in ipairs(levels_of()) do
   local key = list_key(level)
   n = n + redis.call('LLEN', key)
+  if level == '0' then n = n - wake_in(key) end
   redis.call('DEL', key)
 end
 redis.call('DEL', B .. ':delayed', B .. ':levels')

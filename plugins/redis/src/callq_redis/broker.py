@@ -41,17 +41,24 @@ from .topology import TOPOLOGY_PARAMS, open_target
 log = logging.getLogger("callq.redis")
 
 MODES = ("reliable", "lmove", "fast")
-KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block", *TOPOLOGY_PARAMS)
+KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block", "connect_timeout", *TOPOLOGY_PARAMS)
 #: longest single blocking call; a fetch with a longer timeout loops
 MAX_BLOCK = 1.0
 #: idle wait slice on a queue that holds priority levels (only level 0 can be waited on)
 LEVEL_POLL = 0.1
 #: values per LPUSH / ids per script call
 CHUNK = 1000
+#: Redis times out blocked clients on its timer tick (hz 10: every 100 ms), so a blocking call
+#: returns up to a tick late; a wait that must end on time blocks until a tick before, then sleeps
+REDIS_TICK = 0.1
 
 
 class RedisBroker(SharedStateMixin, BrokerBase):
     """Queues on Redis lists; see the module docstring and docs/brokers/redis.md."""
+
+    # Redis keys are binary-safe strings up to 512 MB; the name is part of several keys
+    max_queue_name = 10_000
+    queue_name_rule = "no control characters"
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
@@ -70,6 +77,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         if socket_timeout <= self.block + 1:
             raise ConfigError(f"broker URL {url}: socket_timeout must exceed block + 1 second")
         retry_for = url.float_param("retry", 60.0)
+        connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
         self.capabilities = Capabilities(
             acks=self.mode != "fast",
             persistent=False,  # depends on the server's AOF/RDB settings: not claimed
@@ -83,7 +91,8 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         )
         self.target = open_target(url, socket_timeout=socket_timeout)
         self.client = self.target.client
-        self.rc = RetryingClient(self.target, url, retry_for)
+        self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
+        self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = self.client.register_script(_lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
@@ -178,9 +187,12 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            wait = min(remaining, self.block)
-            if next_due_ms >= 0:
-                wait = min(wait, next_due_ms / 1000 + 0.002)
+            # the timeout, or the next delayed message's due time: both must be kept to a few ms
+            target = remaining if next_due_ms < 0 else min(remaining, next_due_ms / 1000 + 0.001)
+            if target <= REDIS_TICK:
+                time.sleep(target)
+                continue
+            wait = min(self.block, target - REDIS_TICK)
             if has_levels:
                 wait = min(wait, LEVEL_POLL)
             wait = max(wait, 0.01)  # 0 would block forever
@@ -188,6 +200,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 proc = self._own(queue, "proc")
                 body = self.rc.call("fetch", lambda w=wait, p=proc: self.client.blmove(base, p, w, "RIGHT", "LEFT"),
                                     on_error=partial(self._suspect.add, queue))
+                if body == _lua.WAKE.encode():  # a wake-up marker, not a message
+                    self.rc.call("fetch", lambda p=proc, b=body: self.client.lrem(p, 1, b))
+                    continue
                 if body is not None:
                     with self._lock:
                         self._held_bodies[(queue, body)] += 1

@@ -7,20 +7,24 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
     ClusterDownError,
     CrossSlotTransactionError,
     InvalidPipelineStack,
     MasterDownError,
     RedisClusterException,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from callq.errors import BrokerError
+from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from .topology import RedisTarget
@@ -33,19 +37,49 @@ T = TypeVar("T")
 #: ones come before a command runs (no slot owner yet, cluster layout being read again).
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, ConnectionResetError,
               ClusterDownError, TryAgainError, MasterDownError, SlotNotCoveredError, RedisClusterException)
-_PERMANENT = (CrossSlotTransactionError, InvalidPipelineStack)
+_PERMANENT = (CrossSlotTransactionError, InvalidPipelineStack, AuthenticationError, AuthorizationError)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The cause's text: the socket error's (``connection refused``) when there is one."""
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[:1].lower() + e.strerror[1:]
+        e = e.__cause__ or e.__context__
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class RetryingClient:
-    """Runs Redis calls, retrying with backoff (redis-py ``Retry``) while Redis is unreachable."""
+    """Runs Redis calls, retrying with backoff (redis-py ``Retry``) while Redis is unreachable.
 
-    def __init__(self, target: RedisTarget, url: BrokerURL, retry_for: float) -> None:
+    Until a first call succeeded (``connect``), Redis being unreachable fails within
+    ``connect_timeout``; a connection lost later is retried for ``retry_for`` seconds.
+    """
+
+    def __init__(self, target: RedisTarget, url: BrokerURL, retry_for: float, connect_timeout: float = 5.0) -> None:
         self.target = target
         self.client = target.client
         self.url = url
         self.retry_for = retry_for
+        self.connect_timeout = connect_timeout
+        self.connected = False
         self.closed = False
         self.failures = 0  # transient failures seen (tests and logs)
+
+    def connect(self) -> None:
+        """Reach Redis once (PING) or raise: BrokerError (unreachable, refused login), ConfigError (bad DB)."""
+        try:
+            self.call("connect", self.client.ping)
+        except BrokerError:
+            raise
+        except (AuthenticationError, AuthorizationError) as exc:
+            raise BrokerError(f"cannot connect to Redis at {self.url}: {describe_error(exc)}") from exc
+        except ResponseError as exc:  # e.g. "DB index is out of range" from SELECT
+            raise ConfigError(f"broker URL {self.url}: Redis refused it: {exc}") from exc
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot connect to Redis at {self.url}: {describe_error(exc)}") from exc
 
     def close(self) -> None:
         """Stop retrying and drop every connection to Redis."""
@@ -54,15 +88,18 @@ class RetryingClient:
 
     def call(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
         try:
-            return fn()
+            result = fn()
         except _TRANSIENT as exc:
             if isinstance(exc, _PERMANENT):
                 raise
-            return self._retry(what, fn, on_error, exc)
+            result = self._retry(what, fn, on_error, exc)
+        self.connected = True
+        return result
 
     def _retry(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None,
                exc: BaseException) -> T:
-        deadline = time.monotonic() + self.retry_for
+        first = not self.connected
+        deadline = time.monotonic() + (self.connect_timeout if first else self.retry_for)
         backoff = ExponentialBackoff(cap=2.0, base=0.05)
         failures = 0
         while True:
@@ -72,9 +109,11 @@ class RetryingClient:
                 on_error()
             wait = backoff.compute(failures)
             if self.closed or time.monotonic() + wait > deadline:
+                if first:
+                    raise BrokerError(f"cannot connect to Redis at {self.url}: {describe_error(exc)}") from exc
                 raise BrokerError(f"redis {self.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
-            log.warning("redis %s: %s failed (%s: %s); retrying in %.2fs",
-                        self.url, what, type(exc).__name__, exc, wait)
+            log.log(logging.DEBUG if first else logging.WARNING, "redis %s: %s failed (%s: %s); retrying in %.2fs",
+                    self.url, what, type(exc).__name__, exc, wait)
             time.sleep(wait)
             try:
                 result = fn()

@@ -13,6 +13,7 @@ script), where every consumer of the group can read them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -28,13 +29,15 @@ from redis.exceptions import ResponseError
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
+from callq_redis.broker import REDIS_TICK
 from callq_redis.client import RetryingClient
 from callq_redis.state import SharedStateMixin
 from callq_redis.topology import TOPOLOGY_PARAMS, open_target
 
 log = logging.getLogger("callq.redis_stream")
 
-KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block", *TOPOLOGY_PARAMS)
+KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block", "connect_timeout",
+                *TOPOLOGY_PARAMS)
 MAX_BLOCK = 1.0
 CHUNK = 1000
 #: how often (at most) a consumer deletes long-idle consumers without pending entries
@@ -114,6 +117,24 @@ end
 return -1
 """
 
+# KEYS: stream.  A key of another type where the stream belongs (written by other code)
+# becomes a stream holding one entry: its content as a JSON array, which the worker dead-letters.
+_REPAIR = r"""
+local key = KEYS[1]
+local t = redis.call('TYPE', key)['ok']
+if t == 'stream' or t == 'none' then return 0 end
+local content
+if t == 'string' then content = redis.call('GET', key)
+elseif t == 'hash' then content = redis.call('HGETALL', key)
+elseif t == 'set' then content = redis.call('SMEMBERS', key)
+elseif t == 'zset' then content = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+elseif t == 'list' then content = redis.call('LRANGE', key, 0, -1)
+else content = t end
+redis.call('DEL', key)
+redis.call('XADD', key, '*', 'b', cjson.encode({'redis key ' .. key .. ' is a ' .. t .. ', callq expected a stream', content}))
+return 1
+"""
+
 # KEYS: stream.  ARGV: group.  Waiting = entries in the stream minus those pending (acked ones are deleted).
 _SIZE = r"""
 local len = redis.call('XLEN', KEYS[1])
@@ -156,6 +177,10 @@ return n
 class RedisStreamBroker(SharedStateMixin, BrokerBase):
     """Queues on Redis Streams; see the module docstring and docs/brokers/redis_stream.md."""
 
+    # Redis keys are binary-safe strings up to 512 MB
+    max_queue_name = 10_000
+    queue_name_rule = "no control characters"
+
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
         url.check_params(KNOWN_PARAMS)
@@ -189,7 +214,9 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         )
         self.target = open_target(url, socket_timeout=socket_timeout)
         self.client = self.target.client
-        self.rc = RetryingClient(self.target, url, url.float_param("retry", 60.0))
+        connect_timeout = url.float_param("connect_timeout", 5.0, minimum=0.1)
+        self.rc = RetryingClient(self.target, url, url.float_param("retry", 60.0), connect_timeout)
+        self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self._reclaim = self.client.register_script(_RECLAIM)
         self._give_back = self.client.register_script(_GIVE_BACK)
@@ -197,6 +224,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self._drop_if_empty = self.client.register_script(_DROP_IF_EMPTY)
         self._size = self.client.register_script(_SIZE)
         self._purge = self.client.register_script(_PURGE)
+        self._repair = self.client.register_script(_REPAIR)
         self._lock = threading.Lock()
         self._held: dict[str, set[bytes]] = {}  # queue -> ids handed out, not yet acked
         self._groups: set[str] = set()  # queues whose group we created (or found)
@@ -240,9 +268,18 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             self.rc.call("create group", lambda: self.client.xgroup_create(self._key(queue), self.group,
                                                                              id="0", mkstream=True))
         except ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                self._repair_key(queue)
+                return self._ensure_group(queue, force=True)
             if "BUSYGROUP" not in str(exc):
                 raise
         self._groups.add(queue)
+
+    def _repair_key(self, queue: str) -> None:
+        key = self._key(queue)
+        if self.rc.call("repair", lambda: self._repair(keys=[key])):
+            log.warning("redis %s: %s was not a stream (written by other code); its content is now an "
+                        "entry that goes to the dead-letter queue", self.url, key)
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         if max_n <= 0:
@@ -256,7 +293,12 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            block_ms = int(min(remaining, self.block) * 1000) if remaining > 0 else None
+            if 0 < remaining <= REDIS_TICK:
+                # Redis ends a BLOCK on its 100 ms timer tick: a short wait is slept here instead,
+                # so the caller (waiting for a held call's due time) gets its answer on time
+                time.sleep(remaining)
+                remaining = 0
+            block_ms = int(min(remaining - REDIS_TICK, self.block) * 1000) if remaining > 0 else None
             if block_ms is not None and block_ms <= 0:
                 block_ms = None  # BLOCK 0 would wait forever
 
@@ -266,6 +308,10 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             try:
                 res = self.rc.call("fetch", read, on_error=lambda: self._suspect.add(queue))
             except ResponseError as exc:
+                if "WRONGTYPE" in str(exc):
+                    self._repair_key(queue)
+                    self._ensure_group(queue, force=True)
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("redis %s: group %s of %s is gone (Redis restarted?); creating it again",
@@ -277,7 +323,8 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             out: list[Delivery] = []
             if res:
                 entries = res[0][1]
-                out = [Delivery(fields[b"b"], queue, msg_id) for msg_id, fields in entries if fields]
+                out = [Delivery(_body(fields, msg_id, key, self.url), queue, msg_id)
+                       for msg_id, fields in entries if fields is not None]
                 if out:
                     with self._lock:
                         self._held.setdefault(queue, set()).update(d.tag for d in out)
@@ -420,6 +467,20 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
 def _queue_xadd(pipe: Any, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:
     for body in bodies:
         pipe.xadd(key, {"b": body}, **trim)
+
+
+def _body(fields: dict[bytes, bytes], msg_id: bytes, key: str, url: BrokerURL) -> bytes:
+    """The entry's body; for an entry callq did not write (no field ``b``) a JSON rendering of
+    all its fields that core cannot take for a call, so it is dead-lettered with its content."""
+    body = fields.get(b"b")
+    if body is not None and len(fields) == 1:
+        return body
+    log.warning("redis %s: entry %s of %s is not callq's (fields %s, expected only 'b'); it goes to "
+                "the dead-letter queue", url, msg_id.decode(), key,
+                ", ".join(repr(f.decode(errors="replace")) for f in list(fields)[:5]))
+    rendered = {f.decode(errors="backslashreplace"): v.decode(errors="backslashreplace") for f, v in fields.items()}
+    return json.dumps([f"redis stream entry {msg_id.decode()} of {key} has no single field 'b'", rendered],
+                      ensure_ascii=False).encode()
 
 
 def _pipeline_xadd(client: redis.Redis, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:

@@ -237,7 +237,8 @@ class SqliteBroker(BrokerBase):
                      self.path, recovered, queue)
         # The tag is (row id, claim): a row id can be reused after a delete, the pair cannot.
         # A row seen before was requeued, released, or leased by a consumer that died.
-        return [Delivery(body, queue, (msg_id, claim), bool(again) or old_claim is not None)
+        return [Delivery(body if type(body) is bytes else _as_bytes(body), queue, (msg_id, claim),
+                         bool(again) or old_claim is not None)
                 for msg_id, body, again, old_claim in rows]
 
     def _forget(self, deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
@@ -371,3 +372,14 @@ class SqliteBroker(BrokerBase):
         finally:
             self._checkin(db)
         self._signal.notify()
+
+
+def _as_bytes(body: object) -> bytes:
+    """A row written by other code (TEXT, a number, NULL): its content as bytes, for core to judge."""
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    if isinstance(body, (bytearray, memoryview)):
+        return bytes(body)
+    return str(body).encode()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ..poison import PoisonContract
 from .acks import AbstractAckTests
 from .base import ContractBase, drain, fresh_queue_name
 from .concurrency import AbstractConcurrencyTests
@@ -19,6 +20,7 @@ __all__ = [
     "AbstractPublishFetchTests",
     "AbstractStateStoreTests",
     "BrokerContract",
+    "PoisonContract",
     "ContractBase",
     "drain",
     "fresh_queue_name",
@@ -31,6 +33,7 @@ class BrokerContract(
     AbstractDelayPriorityTests,
     AbstractConcurrencyTests,
     AbstractStateStoreTests,
+    PoisonContract,
 ):
     """Subclass as ``Test<Broker>Contract`` and override the ``broker_url`` fixture.
 
