@@ -77,3 +77,13 @@ def test_the_reported_metadata_is_malformed():
             assert next(iter(meta)) in str(exc)
         else:
             raise AssertionError(f"accepted {meta}")
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash():
+    for body in (b"[" * 100_000, b'{"a":' * 5000 + b"1" + b"}" * 5000):
+        try:
+            decode(body)
+        except MalformedMessage as exc:
+            assert "nested too deeply" in str(exc) or "not JSON" in str(exc)
+        else:
+            raise AssertionError("accepted")

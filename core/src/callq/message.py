@@ -70,6 +70,8 @@ def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
             raise MalformedMessage(f"body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
         except ValueError as exc:
             raise MalformedMessage(f"body is not JSON ({exc})") from None
+        except RecursionError:
+            raise MalformedMessage("body is JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise MalformedMessage(f"body is JSON {type(payload).__name__}, expected an object of keyword arguments")
     meta = payload.pop(META_KEY, None)
