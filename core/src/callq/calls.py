@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from contextlib import AbstractContextManager
-from time import perf_counter, thread_time
+from time import monotonic, perf_counter, thread_time
 from typing import TYPE_CHECKING, Any
 
 from . import plugins
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("callq.worker")
 
 CHUNK_BELOW = 0.002  # calls shorter than this go to the pool in chunks, one thread per chunk
-HANDOFF = 0.00005  # what giving a call its own thread costs under the GIL (CPU, switches), about
+HANDOFF = 0.00002  # what giving a call its own thread costs under the GIL (CPU, switches), about
+PROBE_EVERY = 1.0  # seconds between trials of one lane while calls run on several
+MAX_LANES = 4  # calls needing more threads than this get one hand-off each (their waits dominate)
 _DLQ = "callq.to_dlq"
 
 
@@ -71,6 +73,8 @@ class CallRunner:
         self.fn = task.fn
         self._latency = 1.0  # moving average of call duration (s); unknown = slow
         self._lanes = task.options.concurrency  # threads short calls need at once (chunks)
+        self._probe_at = 0.0  # next trial of one lane (monotonic)
+        self._need = 1.0  # moving average of the threads short calls need
         self.run = self._execute_async if self.is_async else self._execute
         self.refresh_hooks()
 
@@ -107,15 +111,22 @@ class CallRunner:
             return
         latency = self._latency
         if self._fast and not self.is_async and latency < CHUNK_BELOW:
-            submit, lanes, pool = self.pool.submit, self._lanes, self.pool
+            lanes, pool = self._lanes, self.pool
             if lanes == 1 and not (pool.busy or pool.pending):
                 self._execute_inline(ready)  # one lane and it is free: no hand-off at all
                 return
-            size = -(-len(ready) // lanes)
-            for i in range(0, len(ready), size):
-                submit(self._execute_chunk, ready[i:i + size])
-            return
-        if latency == 1.0 and self._fast and not self.is_async:
+            if lanes > 1 and (now := monotonic()) >= self._probe_at:
+                # on several threads, calls measure each other's GIL waits as waits: now and
+                # then the next batch runs alone (the dispatcher lets the pool drain first)
+                self._probe_at = now + PROBE_EVERY
+                self._lanes = 1
+            if lanes <= MAX_LANES:
+                submit = pool.submit
+                size = max(1, len(ready) // lanes)  # at least ``lanes`` chunks
+                for i in range(0, len(ready), size):
+                    submit(self._execute_chunk, ready[i:i + size])
+                return
+        elif latency == 1.0 and self._fast and not self.is_async:
             # nothing measured yet: the first call, alone in a chunk, measures what calls need
             self.pool.submit(self._execute_chunk, ready[:1])
             ready = ready[1:]
@@ -124,11 +135,16 @@ class CallRunner:
             submit(run, call)
 
     def _execute_inline(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
-        """Run a chunk in the dispatcher's thread, as the pool would (nothing escapes)."""
+        """Run a chunk in the dispatcher's thread, as the pool would (nothing escapes); the
+        dispatcher flushes the acks itself before its next fetch."""
+        settler = self.settler
+        settler.quiet = True
         try:
             self._execute_chunk(chunk)
         except Exception:  # noqa: BLE001 - as the pool does: a task must never kill its thread
             log.exception("unexpected error running calls of %s", self.queue)
+        finally:
+            settler.quiet = False
 
     def _execute_chunk(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
         sched = _sched()
@@ -143,7 +159,12 @@ class CallRunner:
         cpu = (cpu2 - cpu) / n
         self._latency = wall
         wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
-        self._lanes = max(1, min(self.options.concurrency, round(wall / (cpu + HANDOFF))))
+        need = wall / (cpu + HANDOFF)
+        if self._lanes == 1 and need >= 1:  # one lane measures cleanly; else smooth the noise
+            need = self._need = self._need * 0.75 + need * 0.25
+        else:
+            self._need = need
+        self._lanes = max(1, min(self.options.concurrency, int(need)))
 
     # --- threads -----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import plugins
 from .broker import Connection, Delivery, connect
-from .calls import CallRunner
+from .calls import MAX_LANES, CallRunner
 from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
@@ -184,8 +184,8 @@ class Consumer(CallRunner):
 
     def _running_dry(self) -> bool:
         # calls in chunks: when a lane is free (a fetch per ack would claim one message at a time)
-        pool = self.pool
-        return pool.pending == 0 and pool.busy < self._lanes
+        pool, lanes = self.pool, self._lanes
+        return pool.pending == 0 and (lanes > MAX_LANES or pool.busy < lanes)
 
     def _capacity(self) -> int:
         settler = self.settler
