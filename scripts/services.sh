@@ -14,4 +14,7 @@ start() {  # port name command...
 start 6379 redis redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log
 start 5672 rabbitmq rabbitmq-server -detached
 start 1883 mosquitto mosquitto -d -c /etc/mosquitto/mosquitto.conf
+start 5432 postgresql pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql 2>/dev/null | head -1)" main start
+start 3306 mariadb start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+start 4222 nats start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
 exit 0

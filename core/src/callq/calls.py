@@ -104,8 +104,8 @@ class CallRunner:
         A call shorter than CHUNK_BELOW (on the fast path) goes in a chunk, run in turn by one
         thread; the batch is split into ``_lanes`` chunks, the threads the calls need at once:
         Little's law with the CPU under the GIL as the server, wall time / (CPU time + HANDOFF),
-        measured per chunk. A call that waits on I/O much longer than it computes gets a lane of
-        its own; calls that mostly compute, or wait less than a hand-off costs, share one.
+        measured per chunk. One lane and an idle pool: the dispatcher runs the chunk itself.
+        More than MAX_LANES: one call per hand-off (waiting dominates; chunks gain nothing).
         """
         if not ready:
             return
@@ -197,11 +197,7 @@ class CallRunner:
         entered = []
         scopes = self._open_scopes(call) if self._scope_hooks else ()
         try:
-            for control in self._scoped:
-                control.enter(call)
-                entered.append(control)
-            if self._before_hooks:
-                self.call_hook("callq_before_call", call=call)
+            self._enter(call, entered)
             started = perf_counter()
             call.result = self.fn(**call.kwargs)
             self._latency = self._latency * 0.9 + (perf_counter() - started) * 0.1
@@ -211,6 +207,13 @@ class CallRunner:
             error = self._leave(call, entered, scopes, error)
             set_current(None)
         self._conclude(call, error)
+
+    def _enter(self: Consumer, call: CallContext, entered: list[Any]) -> None:  # type: ignore[misc]
+        for control in self._scoped:
+            control.enter(call)
+            entered.append(control)  # only entered controls leave
+        if self._before_hooks:
+            self.call_hook("callq_before_call", call=call)
 
     def _leave(self: Consumer, call: CallContext, entered: list[Any], scopes: Any,  # type: ignore[misc]
                error: BaseException | None) -> BaseException | None:
@@ -269,11 +272,7 @@ class CallRunner:
         entered: list[Any] = []
         scopes = self._open_scopes(call) if self._scope_hooks else ()
         try:
-            for control in self._scoped:
-                control.enter(call)
-                entered.append(control)
-            if self._before_hooks:
-                self.call_hook("callq_before_call", call=call)
+            self._enter(call, entered)
             call.result = await self.fn(**call.kwargs)
         except BaseException as exc:  # noqa: BLE001
             error = exc
@@ -320,6 +319,8 @@ class CallRunner:
 
     def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         """Act on ``call.outcome``, then tell the controls and plugins."""
+        if self.aborted:
+            return  # its message went back to the queue when the consumer stopped at once
         try:
             self._act(call)
         except Exception as exc:  # noqa: BLE001 - never leave a delivery unsettled

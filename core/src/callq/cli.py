@@ -138,7 +138,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         else:
             groups.append(task.consume(processes=args.processes, start_method=method,
                                        hard_timeout=args.hard_timeout))
-    wait()
+    from .lifecycle import ConsumerCrashed
+
+    try:
+        wait()
+    except ConsumerCrashed as exc:
+        print(f"callq: {exc}", file=sys.stderr)
+        return 1
     failed = [g.error for g in groups if g.error]
     for error in failed:
         print(f"callq: {error}", file=sys.stderr)

@@ -8,7 +8,6 @@ and the pool's workers.
 
 from __future__ import annotations
 
-import heapq
 import inspect
 import itertools
 import logging
@@ -24,11 +23,13 @@ from .calls import MAX_LANES, CallRunner
 from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
-from .lifecycle import register_running, unregister_running
+from .held import HeldCalls
+from .lifecycle import register_running, report_crash
 from .message import MalformedMessage, decode
 from .pool import AsyncioPool, ElasticPool
 from .settle import HOST, Settler
 from .state import StateStore
+from .stopping import Stopping
 
 if TYPE_CHECKING:
     from .task import Task
@@ -37,7 +38,6 @@ log = logging.getLogger("callq.worker")
 
 FETCH_TIMEOUT = 1.0
 MONITOR_STEP = 0.5
-MAX_HELD = 1000  # held calls beyond this go back to the queue, latest due first
 COUNTERS = ("received", "failed", "retried", "requeued", "dead", "malformed", "expired", "skipped", "timed_out")
 
 
@@ -65,7 +65,7 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-class Consumer(CallRunner):
+class Consumer(CallRunner, Stopping):
     """Consumes one task's queue in this process."""
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -85,17 +85,19 @@ class Consumer(CallRunner):
         self.host = HOST
         self._lock = threading.Condition()
         self._unacked = 0
-        self._held: list[tuple[float, int, CallContext]] = []
-        self._held_seq = itertools.count()
+        self._held = HeldCalls()
         self._dispatcher_waiting = False
         self._refill_at = max(1, self.limit // 2)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self.aborted = False
+        self._handed_back = threading.Event()
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._done = itertools.count()  # next() is atomic: the hot path takes no lock
         self._started_at = 0.0
         self.last_delivery = time.monotonic()
         self.fetch_timeout = FETCH_TIMEOUT
+        self._admit_all, self._admit_keys = True, frozenset()
         self.error: BaseException | None = None
         self._state_store: StateStore | None = None
         if opts.dedup or opts.distributed_qps:
@@ -119,6 +121,7 @@ class Consumer(CallRunner):
             for control in self.controls.start:  # type: ignore[attr-defined]
                 control.start()
                 started.append(control)
+            self._admit_all, self._admit_keys = self.controls.admit_filter()
             self.conn.hook.callq_consumer_started(consumer=self)
         except BaseException:
             for control in started:
@@ -256,6 +259,7 @@ class Consumer(CallRunner):
         except BaseException as exc:  # noqa: BLE001
             self.error = exc
             log.exception("dispatcher of %s crashed; stopping this consumer", self.queue)
+            report_crash(f"consumer of {self.queue} crashed: {type(exc).__name__}: {exc}")
         finally:
             self._shutdown()
 
@@ -279,7 +283,9 @@ class Consumer(CallRunner):
             self.malformed(delivery, exc)
             return None
         call = CallContext(self, delivery, kwargs, meta)
-        return call if self.admit(call) else None
+        if self._admit_all or not self._admit_keys.isdisjoint(meta):
+            return call if self.admit(call) else None
+        return call
 
     def admit(self, call: CallContext) -> bool:
         """Ask the controls; True if the call may run now."""
@@ -297,35 +303,26 @@ class Consumer(CallRunner):
     # --- held calls (due later, on brokers without native delay) -------------------------------
 
     def _hold(self, call: CallContext, until: float) -> None:
-        due = time.monotonic() + max(0.0, until - time.time())
-        spill = None
         with self._lock:
-            heapq.heappush(self._held, (due, next(self._held_seq), call))
-            if len(self._held) > MAX_HELD:
-                latest = max(range(len(self._held)), key=lambda i: self._held[i][0])
-                spill = self._held.pop(latest)[2]
-                heapq.heapify(self._held)
+            spilled = self._held.hold(call, until)
             self._lock.notify_all()
-        if spill is not None:
-            self.settler.requeue([spill.delivery], max(0.0, spill.meta.get("eta", 0) - time.time()))
+        if spilled is not None:
+            self.settler.requeue([spilled.delivery], max(0.0, spilled.meta.get("eta", 0) - time.time()))
 
     def _wait_step(self) -> float:
         """How long the dispatcher may block: short while the pool has waiting work to watch."""
         if self.pool.pending > self.pool.idle:
             return self.pool.grow_after
-        held = self._held
-        if not held:
+        due_in = self._held.next_in()
+        if due_in is None:
             return self.fetch_timeout
-        return max(0.0, min(self.fetch_timeout, held[0][0] - time.monotonic()))
+        return max(0.0, min(self.fetch_timeout, due_in))
 
     def _release_due(self) -> None:
         if not self._held:
             return
-        due: list[CallContext] = []
         with self._lock:
-            now = time.monotonic()
-            while self._held and self._held[0][0] <= now:
-                due.append(heapq.heappop(self._held)[2])
+            due = self._held.pop_due()
         ready = [call for call in due if self.admit(call)]
         if self.controls.pace:  # type: ignore[attr-defined]
             self._submit_paced(ready)
@@ -360,32 +357,6 @@ class Consumer(CallRunner):
             log.warning("heartbeat to %s failed: %s: %s", self.conn.url, type(exc).__name__, exc)
             return
         self.call_hook("callq_heartbeat_seen", consumer=self, recovered=recovered)
-
-    # --- shutdown ----------------------------------------------------------------------------
-
-    def _shutdown(self) -> None:
-        with self._lock:
-            held = [call.delivery for _, _, call in self._held]
-            self._held.clear()
-        if held:
-            self.settler.requeue(held)
-        if not self.pool.wait_idle(self.options.shutdown_timeout):
-            log.warning("%d call(s) of %s still running after %.0fs; their messages return after the lease",
-                        self.pool.busy, self.queue, self.options.shutdown_timeout)
-        self.pool.shutdown()
-        self.settler.drain(10)
-        self._stopped.set()
-        self.settler.wake.set()
-        for control in self.controls.stop:  # type: ignore[attr-defined]
-            safely(f"{control.name}.stop", control.stop)
-        try:
-            self.call_hook("callq_consumer_stopped", consumer=self)
-        finally:
-            unregister_running(self)
-            s = self.stats()
-            log.info("stopped %s: %d done, %d retried, %d dead-lettered in %.1fs",
-                     self.queue, s.done, s.retried, s.dead, s.elapsed)
-
 
 def _check_mode(task: Task[Any, Any], is_async: bool) -> None:
     mode = task.options.mode

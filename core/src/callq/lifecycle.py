@@ -43,12 +43,16 @@ def _on_signal(signum: int, frame: Any) -> None:
     # Runs between bytecodes of the main thread: take no lock here (the interrupted code, or
     # the first signal's handler, may hold it); the watcher thread does the stopping.
     global _signal_count
-    if not _running or _signal_count >= 1:
+    if not _running:
         prev = _previous_handlers.get(signum, signal.SIG_DFL)
         if callable(prev):
             prev(signum, frame)
         raise SystemExit(128 + signum)
     _signal_count += 1
+    if _signal_count >= 2:
+        # at once: the watcher hands back every unfinished message; the dispatcher threads
+        # (not daemons) keep the process alive only until that is done
+        raise SystemExit(128 + signum)
 
 
 def _signal_watcher() -> None:
@@ -56,11 +60,34 @@ def _signal_watcher() -> None:
     while True:
         time.sleep(0.05)
         if _signal_count > _signals_handled:
+            first = _signals_handled == 0
             _signals_handled = _signal_count
-            consumers = running_consumers()
-            log.info("signal: stopping %d consumer(s) gracefully (again to exit at once)", len(consumers))
-            for c in consumers:
-                c.stop()
+            running = running_consumers()
+            if first and _signal_count == 1:
+                log.info("signal: stopping %d consumer(s) gracefully (again to exit at once)", len(running))
+                for c in running:
+                    c.stop()
+            else:
+                log.warning("second signal: exiting at once; unfinished messages go back to the queue")
+                for c in running:
+                    abort = getattr(c, "abort", None)
+                    try:
+                        abort() if abort is not None else c.stop()
+                    except Exception:  # noqa: BLE001
+                        log.exception("could not abort %r", c)
+
+
+class ConsumerCrashed(RuntimeError):
+    """A consumer stopped because of an error it could not recover from (see the log)."""
+
+
+_crashed: list[str] = []
+
+
+def report_crash(what: str) -> None:
+    """Called by a consumer that died: :func:`wait` raises once everything stopped."""
+    with _running_lock:
+        _crashed.append(what)
 
 
 class Stoppable(Protocol):
@@ -89,6 +116,7 @@ def _after_fork_in_child() -> None:
     global _running_lock, _running, _signal_count, _signals_handled, _signals_installed
     _running_lock = threading.Condition()
     _running = set()
+    _crashed.clear()
     _signal_count = _signals_handled = 0
     _signals_installed = False
 
@@ -104,7 +132,8 @@ def running_consumers() -> list[Any]:
 def wait(timeout: float | None = None) -> bool:
     """Block until every consumer of this process has stopped (SIGINT/SIGTERM stop them).
 
-    Returns False if ``timeout`` passed first.
+    Returns False if ``timeout`` passed first. Raises :class:`ConsumerCrashed` if a consumer
+    stopped because of an error (so a worker process exits non-zero, with the cause logged).
     """
     install_signal_handlers()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -115,6 +144,10 @@ def wait(timeout: float | None = None) -> bool:
                 return False
             # wake regularly so signals are handled promptly in the main thread
             _running_lock.wait(0.2 if remaining is None else min(0.2, remaining))
+        if _crashed:
+            crashed = "; ".join(_crashed)
+            _crashed.clear()
+            raise ConsumerCrashed(crashed)
     return True
 
 

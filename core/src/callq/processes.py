@@ -46,6 +46,7 @@ FAST_CRASH = 5.0  # a child that dies within this many seconds of its start coun
 MAX_BACKOFF = 30.0
 HARD_KILL_GRACE = 1.0  # seconds past hard_timeout (the soft timeout settles the message first)
 STOP_SLACK = 10.0  # seconds past shutdown_timeout before a stopping child is killed
+ABORT_GRACE = 3.0  # seconds a child has to hand back its messages after a second signal
 
 
 def resolve_start_method(requested: str | None = None) -> str:
@@ -265,6 +266,20 @@ class ProcessGroup:
             if p.is_alive():
                 _signal(p, signal.SIGTERM)
 
+    def abort(self) -> None:
+        """Stop at once (a second signal): each child gives back every unfinished message and
+        exits; a child still alive after a few seconds is killed."""
+        first = not self._stopping.is_set()
+        self.stop()
+        self._stop_deadline = time.monotonic() + ABORT_GRACE
+        with self._lock:
+            procs = [p for p in self._procs if p is not None]
+        for p in procs:
+            if p.is_alive():
+                if first:
+                    time.sleep(0.15)  # two signals at once could reach the child as one
+                _signal(p, signal.SIGTERM)
+
     def kill(self) -> None:
         """Kill every child at once (SIGKILL): their messages return after the broker's lease."""
         self._stopping.set()
@@ -480,10 +495,16 @@ def _child_main(spec: _ChildSpec, oldest: Synchronized[float] | None) -> None:
         threading.Thread(target=orphaned, name="callq-orphan-watch", daemon=True).start()
     stopping = False
     while not consumer.join(0.1):
-        if signals and not stopping:
+        if len(signals) >= 2 and not consumer.aborted:
+            consumer.abort()  # a second SIGTERM: hand everything back and exit at once
+        elif signals and not stopping:
             stopping = True
             consumer.stop()
     _broker.close_all()
+    if consumer.error is not None:
+        log.error("worker process %d exits: its consumer crashed (%s: %s)", os.getpid(),
+                  type(consumer.error).__name__, consumer.error)
+        sys.exit(1)
 
 
 def _tracked(fn: Callable[..., Any], oldest: Synchronized[float]) -> Callable[..., Any]:

@@ -59,6 +59,7 @@ class Settler:
         self.wake = threading.Event()
         self.idle = False
         self.quiet = False  # calls run in the dispatcher's thread, which flushes next: no wake-up
+        self.closed = False  # after an abort: the connection is gone, nothing more is settled
         self._failures = 0
 
     # --- outcomes ----------------------------------------------------------------------------
@@ -121,6 +122,8 @@ class Settler:
         return bool(self.to_ack or self.to_requeue)
 
     def flush(self) -> int:
+        if self.closed:
+            return 0
         acks = _drain(self.to_ack)
         requeues = _drain(self.to_requeue)
         done = 0
@@ -179,5 +182,5 @@ class Settler:
 
     def drain(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while self.pending() and time.monotonic() < deadline:
+        while self.pending() and not self.closed and time.monotonic() < deadline:
             self.flush() or time.sleep(0.05)

@@ -97,6 +97,9 @@ class Control:
     Options: ClassVar[type | None] = None
     #: seconds between ``tick`` calls
     tick_every: ClassVar[float] = 1.0
+    #: metadata keys without which ``admit`` has nothing to decide: a message carrying none
+    #: of them skips it (None: ``admit`` sees every message). May be set in ``start``.
+    admit_keys: frozenset[str] | None = None
 
     def __init__(self, consumer: Consumer, options: Any) -> None:
         self.consumer = consumer
@@ -209,6 +212,15 @@ class ControlSet:
             if control_cls.applies(opts, own):
                 made.append(control_cls(consumer, own))
         return cls(made)
+
+    def admit_filter(self) -> tuple[bool, frozenset[str]]:
+        """(admit every message?, else the metadata keys that call for admission); after start."""
+        keys: set[str] = set()
+        for control in self.admit:  # type: ignore[attr-defined]
+            if control.admit_keys is None:
+                return True, frozenset()
+            keys |= control.admit_keys
+        return False, frozenset(keys)
 
     def names(self) -> list[str]:
         return [c.name for c in self.all]

@@ -17,6 +17,7 @@ EARLY = 0.002  # seconds early that still count as on time
 class Delay(Control):
     name = "delay"
     order = 400
+    admit_keys = frozenset({"eta"})
 
     def admit(self, call: CallContext) -> Verdict | None:
         eta = call.meta.get("eta")

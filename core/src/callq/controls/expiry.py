@@ -22,6 +22,8 @@ class Expiry(Control):
     def start(self) -> None:
         opts = self.consumer.options
         self.expires, self.grace, self.to_dlq = opts.expires, opts.misfire_grace, opts.expired_to_dlq
+        if self.expires is None:  # only a message's own expires_at (or eta, for misfires) matters
+            self.admit_keys = frozenset({"expires_at", "eta"} if self.grace is not None else {"expires_at"})
 
     def admit(self, call: CallContext) -> Verdict | None:
         get = call.meta.get
