@@ -32,6 +32,15 @@ REDIS = "redis://127.0.0.1:6379/0"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's over exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE / 2**20
@@ -87,8 +96,7 @@ def backlog_child(url: str, queue: str, seconds: float) -> None:
     done = consumer.stats().done
     add.stop()
     consumer.join(10)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"done": done, "rss": peak}), flush=True)
+    print(json.dumps({"done": done, "rss": peak_rss_mb()}), flush=True)
 
 
 def child(*args: str, timeout: float) -> dict:

@@ -30,6 +30,7 @@ log = logging.getLogger("callq.worker")
 CHUNK_BELOW = 0.002  # calls shorter than this go to the pool in chunks, one thread per chunk
 HANDOFF = 0.00002  # what giving a call its own thread costs under the GIL (CPU, switches), about
 PROBE_EVERY = 1.0  # seconds between trials of one lane while calls run on several
+FIRST_WAIT = 0.02  # how long the first batch waits for its first call to measure the rest
 MAX_LANES = 4  # calls needing more threads than this get one hand-off each (their waits dominate)
 _DLQ = "callq.to_dlq"
 
@@ -127,8 +128,12 @@ class CallRunner:
                     submit(self._execute_chunk, ready[i:i + size])
                 return
         elif latency == 1.0 and self._fast and not self.is_async:
-            # nothing measured yet: the first call, alone in a chunk, measures what calls need
+            # nothing measured yet: the first call, alone in a chunk, measures what calls need;
+            # if it is short, the rest go by that (no thread started for each of them)
             self.pool.submit(self._execute_chunk, ready[:1])
+            if self.pool.wait_idle(FIRST_WAIT) and self._latency < 1.0:
+                self.submit_many(ready[1:])
+                return
             ready = ready[1:]
         submit, run = self.pool.submit, self.run
         for call in ready:
