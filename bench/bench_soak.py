@@ -1,6 +1,6 @@
 """Worker memory: RSS with a large backlog, and a long run on memory:// (no growth after warm-up).
 
-    .venv/bin/python bench/bench_soak.py [--calls 2000000] [--backlog 1000000] [--json]
+    .venv/bin/python bench/bench_soak.py [--calls 1000000] [--backlog 1000000] [--json]
 
 Rows (MB rows have no raw counterpart):
 
@@ -131,7 +131,7 @@ def backlog_rss(n: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=2_000_000)
+    ap.add_argument("--calls", type=int, default=1_000_000)
     ap.add_argument("--backlog", type=int, default=1_000_000)
     ap.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
     ap.add_argument("--soak-child", type=int)
