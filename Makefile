@@ -18,7 +18,8 @@ demo: $(PY)
 	$(PY) examples/quickstart.py
 
 install-all: $(PY)
-	$(PY) -m pip install -q -e "core[rich,test]" $(foreach d,$(PLUGIN_DIRS),-e $(d)) -r requirements-test.txt
+	$(PY) -m pip install -q -e "core[rich,test,sql,dashboard]" $(foreach d,$(PLUGIN_DIRS),-e $(d)) -r requirements-test.txt
+	bash scripts/chromium.sh
 
 test: install-all
 	bash scripts/services.sh

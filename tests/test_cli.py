@@ -130,7 +130,7 @@ def test_worker_runs_tasks_of_a_module_in_process_and_in_processes(project):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["size", "--broker", "kafka://localhost:9092", "q"], "no broker installed for URL scheme 'kafka'"),
+    (["size", "--broker", "acme://localhost:5555", "q"], "no broker installed for URL scheme 'acme'"),
     (["size", "no_such_module_xyz:work"], "cannot import module 'no_such_module_xyz'"),
     (["worker", "cli_tasks_mod"], "is not MODULE:TASK"),
     (["size", "cli_tasks_mod:missing"], "has no attribute 'missing'"),

@@ -63,11 +63,15 @@ def test_url_bad_values_are_clear():
         BrokerURL.parse("redis://h/0?a=1&a=2")
 
 
-def test_unknown_scheme_lists_installed_and_names_distribution():
+def test_unknown_scheme_lists_installed_and_names_distribution(monkeypatch):
+    import callq.plugins
+
+    # a broker this project knows of but that is not installed here
+    monkeypatch.setitem(callq.plugins.KNOWN_DISTRIBUTIONS, "acme", "callq-acme")
     with pytest.raises(BrokerNotFound) as info:
-        callq.Connection("kafka://localhost:9092")
+        callq.Connection("acme://localhost:5555")
     text = str(info.value)
-    assert "pip install callq-kafka" in text
+    assert "pip install callq-acme" in text
     assert "memory" in text
 
 

@@ -12,6 +12,7 @@ from .lifecycle import running_consumers, stop_all, wait
 from .options import TaskOptions
 from .plugins import get_plugin_manager, register, unregister
 from .processes import ProcessGroup
+from .results import AsyncResult, RemoteError, ResultsOff
 from .state import StateStore
 from .task import Task, is_paused, pause, resume, task
 
@@ -32,8 +33,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'callq' has no attribute {name!r}")
 
 __all__ = [
-    "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
+    "AsyncResult", "BrokerBase", "BrokerError", "BrokerNotFound", "CallContext", "CallqError", "Capabilities",
     "ConfigError", "Connection", "Consumer", "Control", "Defer", "Drop", "Hold", "Skip", "Verdict", "Delivery", "Reject", "Requeue", "Retry", "Stats",
+    "RemoteError", "ResultsOff",
     "Task", "TaskOptions", "connect", "current", "get_plugin_manager", "hookimpl", "register",
     "ProcessGroup", "Scheduler", "StateStore", "at", "cron", "crontab", "every", "is_paused", "pause", "resume", "running_consumers", "stop_all", "task",
     "unregister", "wait",

@@ -5,6 +5,9 @@
     callq purge module:task [--yes]   | callq purge --broker URL QUEUE [--yes]
     callq publish module:task JSON    | callq publish --broker URL QUEUE JSON
     callq brokers
+    callq status [QUEUE ...] [--broker URL] [--history URL] [--json]
+    callq dlq list|replay|purge QUEUE [--broker URL] [--id ID ...]
+    callq dashboard [--broker URL] [--history URL] [--host H] [--port P] [--token T]
 
 Exit codes: 0 success, 1 runtime failure (broker unreachable, worker processes gave up),
 2 usage or configuration error (message on stderr, no traceback).
@@ -22,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_inspect import add_inspect_parsers, cmd_dashboard, cmd_dlq, cmd_status
 from .errors import BrokerError, ConfigError
 
 log = logging.getLogger("callq.cli")
@@ -62,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("body", metavar="JSON", help='e.g. \'{"a": 1, "b": 2}\'')
 
     sub.add_parser("brokers", help="list the installed broker URL schemes")
+
+    add_inspect_parsers(sub, _queue_args)
     return p
 
 
@@ -210,7 +216,7 @@ def cmd_brokers(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"worker": cmd_worker, "size": cmd_size, "purge": cmd_purge, "publish": cmd_publish,
-            "brokers": cmd_brokers}
+            "brokers": cmd_brokers, "status": cmd_status, "dlq": cmd_dlq, "dashboard": cmd_dashboard}
 
 
 def _setup_logging(level: str) -> None:

@@ -28,4 +28,23 @@ class CoreControls:
         return list(BUILTIN_CONTROLS)
 
 
-DEFAULT_PLUGINS = {"callq.default.controls": CoreControls}
+def _results() -> object:
+    from .results.plugin import ResultsPlugin
+
+    return ResultsPlugin()
+
+
+def _consumers() -> object:
+    from .registry import ConsumerRegistry
+
+    return ConsumerRegistry()
+
+
+def _history() -> object:
+    from .history.plugin import from_env
+
+    return from_env()
+
+
+DEFAULT_PLUGINS = {"callq.default.controls": CoreControls, "callq.default.results": _results,
+                   "callq.default.consumers": _consumers, "callq.default.history": _history}

@@ -39,7 +39,6 @@ KNOWN_DISTRIBUTIONS = {
     "amqps": "callq-rabbitmq",
     "kafka": "callq-kafka",
     "mqtt": "callq-mqtt",
-    "nsq": "callq-nsq",
     "pulsar": "callq-pulsar",
     "kombu": "callq-kombu",
     "postgresql": "callq-sql",

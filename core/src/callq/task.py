@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .lifecycle import install_signal_handlers
 from .message import META_KEY, encode, new_meta
 from .options import TaskOptions
+from .results.handle import AsyncResult
 
 if TYPE_CHECKING:
     from .processes import ProcessGroup
@@ -65,8 +66,8 @@ class Task(Generic[P, R]):
 
     # --- publishing --------------------------------------------------------------------------
 
-    def push(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Publish one call with these arguments; returns the message id.
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """Publish one call with these arguments; returns its handle (the message id, a str).
 
         Arguments are checked against the function's signature and must be JSON values.
         """
@@ -75,9 +76,9 @@ class Task(Generic[P, R]):
         conn = self.connection
         hook = conn.hook
         if hook.callq_before_publish.get_hookimpls() or hook.callq_after_publish.get_hookimpls():
-            return self._publish_many([kwargs], meta=meta)[0]
+            return AsyncResult(self._publish_many([kwargs], meta=meta)[0], self)
         conn.publish(self.options.queue, [encode(kwargs, meta, where=self.name)])
-        return meta["id"]
+        return AsyncResult(meta["id"], self)
 
     def publish(
         self,
@@ -88,7 +89,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         expires: float | None = None,
         id: str | None = None,  # noqa: A002 - the message id
-    ) -> str:
+    ) -> AsyncResult:
         """Publish one call given as keyword arguments, with per-message options.
 
         countdown: run no earlier than this many seconds from now.
@@ -107,9 +108,9 @@ class Task(Generic[P, R]):
             raise TypeError(f"expires must be a number of seconds > 0, got {expires!r}")
         expires_at = time.time() + expires if expires is not None else None
         meta = new_meta(eta=due, expires_at=expires_at, msg_id=id)
-        return self._publish_many([checked], meta=meta, priority=priority)[0]
+        return AsyncResult(self._publish_many([checked], meta=meta, priority=priority)[0], self)
 
-    def push_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[str]:
+    def push_many(self, calls: Iterable[tuple[Any, ...] | Mapping[str, Any]]) -> list[AsyncResult]:
         """Publish many calls in batches. Each item is a tuple of positional arguments or a
         mapping of keyword arguments; returns the message ids in order."""
         ids: list[str] = []
@@ -127,7 +128,7 @@ class Task(Generic[P, R]):
                 chunk = []
         if chunk:
             ids += self._publish_many(chunk)
-        return ids
+        return [AsyncResult(i, self) for i in ids]
 
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         fast = self._fast_bind(args, kwargs)

@@ -178,9 +178,12 @@ def test_reliable_gives_back_orphans_of_a_lost_claim_reply(prefix: str) -> None:
         broker = conn.broker
         conn.publish(queue, [b"o1", b"o2"])
         # What a lost reply leaves behind: messages moved into our in-flight hash, unknown to us.
-        broker._claim(args=[broker.prefix, queue, broker.consumer_id, 2, 10_000, broker.dead_after_ms, 1])
+        b = broker._base(queue)
+        broker._claim(keys=[f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq", f"{b}:consumers",
+                            broker._own(queue, "inflight")],
+                      args=[b, broker.consumer_id, 2, 10_000, broker.dead_after_ms, 1])
         assert conn.size(queue) == 0
-        broker._mark_suspect()  # what a transient error during a claim does
+        broker._suspect.add(queue)  # what a transient error during a claim does
         got = drain(conn, queue, 2)
         assert sorted(d.body for d in got) == [b"o1", b"o2"]
     finally:
@@ -194,12 +197,14 @@ def test_lmove_gives_back_orphans_of_a_lost_claim_reply(prefix: str, raw: redis.
     try:
         broker = conn.broker
         conn.publish(queue, [b"o1", b"o2"])
-        broker._lmove_claim(args=[broker.prefix, queue, broker.consumer_id, 2, broker.dead_after_ms])
+        b, proc = broker._base(queue), broker._own(queue, "proc")
+        broker._lmove_claim(keys=[f"{b}:q", proc, f"{b}:delayed", f"{b}:seq", f"{b}:consumers"],
+                            args=[b, broker.consumer_id, 2, broker.dead_after_ms])
         assert conn.size(queue) == 0
-        broker._mark_suspect()
+        broker._suspect.add(queue)
         got = drain(conn, queue, 2)
         assert sorted(d.body for d in got) == [b"o1", b"o2"]
-        assert raw.llen(f"{prefix}:proc:{broker.consumer_id}:{queue}") == 0
+        assert raw.llen(f"{prefix}:{{{queue}}}:proc:{broker.consumer_id}") == 0
     finally:
         conn.close()
 
@@ -215,5 +220,32 @@ def test_batched_fetch_takes_many_per_round_trip(prefix: str) -> None:
         conn.ack(got)
         conn.ack(drain(conn, queue, 500))
         assert conn.size(queue) == 0
+    finally:
+        conn.close()
+
+
+def test_a_claim_retried_after_a_lost_reply_loses_nothing(prefix: str) -> None:
+    """The claim ran in Redis but its reply was lost (a failover, a timeout): the retry must not
+    overwrite what the first attempt put in the in-flight hash, and those come back."""
+    conn = Connection(f"{REDIS}?mode=reliable&prefix={prefix}")
+    queue = fresh_queue_name()
+    broker = conn.broker
+    real, lost = broker._claim, []
+
+    def reply_lost_once(*args: object, **kwargs: object) -> object:
+        res = real(*args, **kwargs)
+        if not lost:
+            lost.append(res)
+            raise redis.exceptions.ConnectionError("reply lost")
+        return res
+
+    try:
+        conn.publish(queue, [b"a", b"b", b"c", b"d"])
+        broker._claim = reply_lost_once
+        got = conn.fetch(queue, 2, 1.0)
+        assert [d.body for d in got] == [b"c", b"d"]
+        conn.ack(got)
+        rest = drain(conn, queue, 2, timeout=3)
+        assert sorted(d.body for d in rest) == [b"a", b"b"]
     finally:
         conn.close()

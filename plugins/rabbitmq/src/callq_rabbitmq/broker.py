@@ -49,7 +49,8 @@ from callq.url import BrokerURL
 log = logging.getLogger("callq.rabbitmq")
 
 KNOWN_PARAMS = ("prefetch_count", "max_priority", "heartbeat", "connect_timeout", "publish_timeout",
-                "queue_expires", "tls_verify")
+                "queue_expires", "tls_verify", "queue_type", "delivery_limit", "hosts")
+QUEUE_TYPES = ("classic", "quorum")
 #: a delay queue is declared again (renewing its x-expires lease) when its last declaration is older
 DELAY_REDECLARE = 30.0
 #: a delay queue lives this long (ms) past its TTL after its last declaration
@@ -94,7 +95,14 @@ class RabbitmqBroker(BrokerBase):
         self.prefetch_count = url.int_param("prefetch_count", 100, minimum=1)
         if self.prefetch_count > 65535:
             raise ConfigError(f"broker URL {url}: prefetch_count must be <= 65535")
-        self.max_priority = url.int_param("max_priority", 10, minimum=0)
+        self.queue_type = url.str_param("queue_type", "classic", choices=QUEUE_TYPES)
+        self.delivery_limit = url.int_param("delivery_limit", 0, minimum=0)
+        quorum = self.queue_type == "quorum"
+        if self.delivery_limit and not quorum:
+            raise ConfigError(f"broker URL {url}: delivery_limit needs queue_type=quorum")
+        if quorum and url.int_param("max_priority", 0) > 0:
+            raise ConfigError(f"broker URL {url}: quorum queues have no x-max-priority; drop max_priority")
+        self.max_priority = url.int_param("max_priority", 0 if quorum else 10, minimum=0)
         if self.max_priority > 255:
             raise ConfigError(f"broker URL {url}: max_priority must be <= 255 (RabbitMQ recommends <= 10)")
         heartbeat = url.int_param("heartbeat", 30, minimum=0)
@@ -102,7 +110,10 @@ class RabbitmqBroker(BrokerBase):
         self.publish_timeout = url.float_param("publish_timeout", 30.0, minimum=0.1)
         expires = url.float_param("queue_expires", 0.0, minimum=0.0)
         self.queue_expires_ms = int(expires * 1000)
-        self._params = self._connection_parameters(url, heartbeat)
+        self._params_list = [self._connection_parameters(url, heartbeat, host, port)
+                             for host, port in _hosts(url)]
+        self._params = self._params_list[0]
+        self._next_host = 0
         self.capabilities = Capabilities(
             acks=True, persistent=True, distributed=True, backlog=True, native_delay=True,
             priority=self.max_priority > 0, exact_size=True,
@@ -147,12 +158,13 @@ class RabbitmqBroker(BrokerBase):
 
     # --- URL --------------------------------------------------------------------------------------
 
-    def _connection_parameters(self, url: BrokerURL, heartbeat: int) -> pika.ConnectionParameters:
+    def _connection_parameters(self, url: BrokerURL, heartbeat: int, host: str | None,
+                               port: int | None) -> pika.ConnectionParameters:
         tls = url.scheme == "amqps"
         vhost = url.path[1:] if url.path.startswith("/") else url.path
         kwargs: dict[str, Any] = {
-            "host": url.host or "localhost",
-            "port": url.port or (5671 if tls else 5672),
+            "host": host or "localhost",
+            "port": port or (5671 if tls else 5672),
             "virtual_host": vhost or "/",
             "credentials": pika.PlainCredentials(url.username or "guest", url.password or "guest"),
             "heartbeat": heartbeat,
@@ -166,24 +178,39 @@ class RabbitmqBroker(BrokerBase):
             if not url.bool_param("tls_verify", True):
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            kwargs["ssl_options"] = pika.SSLOptions(context, url.host)
+            kwargs["ssl_options"] = pika.SSLOptions(context, host)
         elif "tls_verify" in url.query:
             raise ConfigError(f"broker URL {url}: tls_verify applies to amqps:// only")
         return pika.ConnectionParameters(**kwargs)
 
-    def _queue_arguments(self) -> dict[str, Any]:
+    def _queue_arguments(self, queue: str) -> dict[str, Any]:
         args: dict[str, Any] = {}
+        if self.queue_type == "quorum":
+            args["x-queue-type"] = "quorum"
+            if self.delivery_limit and not queue.endswith(".dlq"):
+                # poison guard: returned more than delivery_limit times -> RabbitMQ moves it to <queue>.dlq
+                args["x-delivery-limit"] = self.delivery_limit
+                args["x-dead-letter-exchange"] = ""
+                args["x-dead-letter-routing-key"] = f"{queue}.dlq"
         if self.max_priority:
             args["x-max-priority"] = self.max_priority
         if self.queue_expires_ms:
             args["x-expires"] = self.queue_expires_ms
         return args
 
+    def _declarations(self, queue: str) -> list[tuple[str, dict[str, Any]]]:
+        """The queue, and its dead-letter queue first when RabbitMQ dead-letters into it."""
+        names = [(queue, self._queue_arguments(queue))]
+        if self.delivery_limit and not queue.endswith(".dlq"):
+            names.insert(0, (f"{queue}.dlq", self._queue_arguments(f"{queue}.dlq")))
+        return names
+
     # --- the I/O thread ---------------------------------------------------------------------------
 
     def _io_main(self) -> None:
         backoff = 0.2
         while not self._closing:
+            self._params = self._params_list[self._next_host % len(self._params_list)]
             try:
                 conn = pika.SelectConnection(self._params, on_open_callback=self._on_open,
                                              on_open_error_callback=self._on_open_error,
@@ -191,6 +218,7 @@ class RabbitmqBroker(BrokerBase):
             except Exception as exc:  # noqa: BLE001 - bad parameters or resolver errors; retried
                 self._first_error = self._first_error or exc
                 log.warning("RabbitMQ connection to %s failed (%s); retrying in %.1fs", self.url, exc, backoff)
+                self._next_host += 1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -214,7 +242,10 @@ class RabbitmqBroker(BrokerBase):
                 break
             if was_ready:
                 backoff = 0.2
-            log.warning("RabbitMQ connection to %s lost; reconnecting in %.1fs", self.url, backoff)
+            if len(self._params_list) > 1:  # try the next node of the cluster
+                self._next_host += 1
+            log.warning("RabbitMQ connection to %s:%s lost; reconnecting in %.1fs",
+                        self._params.host, self._params.port, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
         # closed: fail whatever is still queued
@@ -440,15 +471,18 @@ class RabbitmqBroker(BrokerBase):
 
     def _op_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None,
                     fut: Future[Any]) -> None:
-        names = [(queue, self._queue_arguments())]
+        names = self._declarations(queue)
         target = queue
         if delay > 0:
             ms = delay_ms(delay)
             target = delay_queue_name(queue, ms)
-            names.append((target, {
+            delay_args: dict[str, Any] = {
                 "x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
                 "x-expires": ms + DELAY_QUEUE_SLACK_MS,
-            }))
+            }
+            if self.queue_type == "quorum":  # replicated like the queue it feeds
+                delay_args["x-queue-type"] = "quorum"
+            names.append((target, delay_args))
             with self._lock:
                 self._delay_queues.setdefault(queue, set()).add(target)
         props = pika.BasicProperties(delivery_mode=2,
@@ -496,7 +530,7 @@ class RabbitmqBroker(BrokerBase):
         holder: Future[Any] = fut if fut is not None else Future()
         if fut is None:
             holder.add_done_callback(_log_failure(f"re-subscribing to {queue}"))
-        self._declare([(queue, self._queue_arguments())], holder, consume)
+        self._declare(self._declarations(queue), holder, consume)
 
     def _on_message(self, ch: Any, gen: int, queue: str, _ch: Any, method: Any, props: Any, body: bytes) -> None:
         if ch is not self._cch:
@@ -708,12 +742,27 @@ class RabbitmqBroker(BrokerBase):
         return True
 
 
+def _hosts(url: BrokerURL) -> list[tuple[str | None, int | None]]:
+    """The URL's host, then the ``hosts`` parameter's (other nodes of a cluster, tried in turn)."""
+    out: list[tuple[str | None, int | None]] = [(url.host, url.port)]
+    for item in url.query.get("hosts", "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"broker URL {url}: hosts must be host:port,host:port,... got {item!r}")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
 def _channel_error(reason: BaseException, url: BrokerURL) -> BaseException:
     if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
         if reason.reply_code == 406:
             return ConfigError(
                 f"RabbitMQ refused an operation on {url}: {reason.reply_text}. A queue's arguments are fixed when "
-                "it is created: use the same max_priority and queue_expires as whoever declared it, "
+                "it is created: use the same queue_type, delivery_limit, max_priority and queue_expires as "
+                "whoever declared it, "
                 "or delete the queue")
         return BrokerError(f"RabbitMQ closed the channel on {url}: {reason.reply_code} {reason.reply_text}")
     return BrokerError(f"RabbitMQ channel on {url} closed: {reason!r}")

@@ -1,86 +1,84 @@
 """Lua scripts of the list broker. Each runs atomically inside Redis.
 
-Keys (``P`` is the URL's ``prefix``; ``Q`` a queue name; ``L`` a priority level; ``C`` a consumer id):
+Every key of one queue shares the hash tag ``{Q}``, so each script touches one Redis Cluster
+slot and different queues spread over the shards. ``B`` is the queue's base ``P:{Q}`` (``P``
+the URL's ``prefix``; ``L`` a priority level; ``C`` a consumer id):
 
-* ``P:q:Q``          ready list of priority 0 (LPUSH to publish, RPOP to fetch: FIFO)
-* ``P:qpL:Q``        ready list of priority level ``L`` (non-zero)
-* ``P:levels:Q``     zset of the non-zero levels that may hold messages (score = level)
-* ``P:delayed:Q``    zset of delayed messages, score = due time (Redis server ms);
+* ``B:q``            ready list of priority 0 (LPUSH to publish, RPOP to fetch: FIFO)
+* ``B:qpL``          ready list of priority level ``L`` (non-zero)
+* ``B:levels``       zset of the non-zero levels that may hold messages (score = level)
+* ``B:delayed``      zset of delayed messages, score = due time (Redis server ms);
                      member = 16 hex digits (unique) ``:`` level ``:`` body
-* ``P:consumers``    zset consumer id -> last heartbeat (Redis server ms)
-* ``P:inflight:C``   hash of a reliable-mode consumer's unacked messages;
-                     field = ``seq:level:queue``, value = body
-* ``P:proc:C:Q``     lmove-mode processing list of consumer ``C`` for queue ``Q``
-* ``P:procs:C``      set of the queues consumer ``C`` has processing lists for
-* ``P:seq``          counter for unique delayed-member prefixes
+* ``B:seq``          counter for unique delayed-member prefixes
+* ``B:consumers``    zset consumer id -> last heartbeat (Redis server ms), per queue
+* ``B:inflight:C``   hash of a reliable-mode consumer's unacked messages of this queue;
+                     field = ``seq:level``, value = body
+* ``B:proc:C``       lmove-mode processing list of consumer ``C``
 
-Keys are computed inside the scripts, so the broker needs a standalone Redis (not Cluster).
+Scripts receive the keys they know in advance in KEYS (which routes them to the queue's
+shard) and ``B`` as ARGV[1]. Keys found at run time (a dead consumer's in-flight hash, the
+list of a priority level) are built from ``B`` inside the script: they carry the same hash
+tag, hence the same slot, which Redis Cluster allows.
 Times come from the Redis server (``TIME``), so clients' clocks do not matter.
 """
 
 COMMON = r"""
-local P = ARGV[1]
+local B = ARGV[1]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function list_key(queue, level)
-  if level == '0' then return P .. ':q:' .. queue end
-  return P .. ':qp' .. level .. ':' .. queue
+local function list_key(level)
+  if level == '0' then return B .. ':q' end
+  return B .. ':qp' .. level
 end
 -- front: delivered next (recovered messages); otherwise at the end of the queue
-local function push_back(queue, level, body, front)
-  local key = list_key(queue, level)
+local function push_back(level, body, front)
+  local key = list_key(level)
   if front then redis.call('RPUSH', key, body) else redis.call('LPUSH', key, body) end
-  if level ~= '0' then redis.call('ZADD', P .. ':levels:' .. queue, tonumber(level), level) end
+  if level ~= '0' then redis.call('ZADD', B .. ':levels', tonumber(level), level) end
 end
-local function add_delayed(queue, level, body, due)
-  local uniq = string.format('%016x', redis.call('INCR', P .. ':seq'))
-  redis.call('ZADD', P .. ':delayed:' .. queue, due, uniq .. ':' .. level .. ':' .. body)
+local function add_delayed(level, body, due)
+  local uniq = string.format('%016x', redis.call('INCR', B .. ':seq'))
+  redis.call('ZADD', B .. ':delayed', due, uniq .. ':' .. level .. ':' .. body)
 end
 -- move due delayed messages to their lists; return ms until the next one is due (-1: none)
-local function promote(queue, now)
-  local dkey = P .. ':delayed:' .. queue
+local function promote(now)
+  local dkey = B .. ':delayed'
   local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', now, 'LIMIT', 0, 1000)
   for i = 1, #due do
     local m = due[i]
     local sep = string.find(m, ':', 18, true)
-    push_back(queue, string.sub(m, 18, sep - 1), string.sub(m, sep + 1), false)
+    push_back(string.sub(m, 18, sep - 1), string.sub(m, sep + 1), false)
   end
   if #due > 0 then redis.call('ZREM', dkey, unpack(due)) end
   local nxt = redis.call('ZRANGE', dkey, 0, 0, 'WITHSCORES')
   if #nxt == 0 then return -1 end
   return math.max(0, tonumber(nxt[2]) - now)
 end
--- put every unacked message of consumer cid back; return how many
+local function field_level(f)
+  return string.sub(f, string.find(f, ':', 1, true) + 1)
+end
+-- put every unacked message of consumer cid on this queue back; return how many
 local function give_back(cid)
   local n = 0
-  local h = P .. ':inflight:' .. cid
+  local h = B .. ':inflight:' .. cid
   local all = redis.call('HGETALL', h)
   for i = 1, #all, 2 do
-    local f = all[i]
-    local a = string.find(f, ':', 1, true)
-    local b = string.find(f, ':', a + 1, true)
-    push_back(string.sub(f, b + 1), string.sub(f, a + 1, b - 1), all[i + 1], true)
+    push_back(field_level(all[i]), all[i + 1], true)
     n = n + 1
   end
   if #all > 0 then redis.call('DEL', h) end
-  local s = P .. ':procs:' .. cid
-  local queues = redis.call('SMEMBERS', s)
-  for _, q in ipairs(queues) do
-    local pk = P .. ':proc:' .. cid .. ':' .. q
-    -- the processing list holds the oldest message at its right end, like the queue
-    local items = redis.call('LRANGE', pk, 0, -1)
-    for i = #items, 1, -1 do redis.call('RPUSH', P .. ':q:' .. q, items[i]) end
-    n = n + #items
-    redis.call('DEL', pk)
-  end
-  if #queues > 0 then redis.call('DEL', s) end
-  return n
+  local pk = B .. ':proc:' .. cid
+  -- the processing list holds the oldest message at its right end, like the queue
+  local items = redis.call('LRANGE', pk, 0, -1)
+  for i = #items, 1, -1 do redis.call('RPUSH', B .. ':q', items[i]) end
+  if #items > 0 then redis.call('DEL', pk) end
+  return n + #items
 end
 -- give back the messages of up to max_consumers consumers silent for dead_after ms
 local function recover_dead(now, dead_after, max_consumers)
-  local ckey = P .. ':consumers'
+  local ckey = B .. ':consumers'
   local dead = redis.call('ZRANGEBYSCORE', ckey, '-inf', now - dead_after, 'LIMIT', 0, max_consumers)
   local n = 0
   for _, cid in ipairs(dead) do
@@ -89,9 +87,9 @@ local function recover_dead(now, dead_after, max_consumers)
   end
   return n, #dead
 end
--- ready levels of a queue, highest first, '0' in its place
-local function levels_of(queue)
-  local lv = redis.call('ZREVRANGE', P .. ':levels:' .. queue, 0, -1)
+-- ready levels of the queue, highest first, '0' in its place
+local function levels_of()
+  local lv = redis.call('ZREVRANGE', B .. ':levels', 0, -1)
   if #lv == 0 then return {'0'}, false end
   local levels, placed = {}, false
   for _, l in ipairs(lv) do
@@ -103,32 +101,33 @@ local function levels_of(queue)
 end
 """
 
-# ARGV: prefix, queue, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast)
+# KEYS: q, levels, delayed, seq, consumers, inflight:C
+# ARGV: base, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast)
 # Returns {ms_to_next_delayed, recovered, has_levels, [field, body]... (track) | [body]... (fast)}
 CLAIM = COMMON + r"""
-local queue, cid, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local seq, dead_after, track = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7] == '1'
+local cid, n = ARGV[2], tonumber(ARGV[3])
+local seq, dead_after, track = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local now = now_ms()
 local recovered = 0
 if track then
-  redis.call('ZADD', P .. ':consumers', now, cid)
+  redis.call('ZADD', B .. ':consumers', now, cid)
   recovered = recover_dead(now, dead_after, 1)
 end
-local next_due = promote(queue, now)
-local levels, has_levels = levels_of(queue)
+local next_due = promote(now)
+local levels, has_levels = levels_of()
 local out = {next_due, recovered, has_levels and 1 or 0}
-local h = P .. ':inflight:' .. cid
+local h = B .. ':inflight:' .. cid
 local got = 0
 for _, level in ipairs(levels) do
   if got >= n then break end
-  local key = list_key(queue, level)
+  local key = list_key(level)
   local items = redis.call('RPOP', key, n - got)
   if items then
     local args = {}
     for _, body in ipairs(items) do
       got = got + 1
       if track then
-        local f = string.format('%d', seq + got) .. ':' .. level .. ':' .. queue
+        local f = string.format('%d', seq + got) .. ':' .. level
         table.insert(args, f)
         table.insert(args, body)
         table.insert(out, f)
@@ -139,22 +138,22 @@ for _, level in ipairs(levels) do
     if #args > 0 then redis.call('HSET', h, unpack(args)) end
   end
   if level ~= '0' and redis.call('EXISTS', key) == 0 then
-    redis.call('ZREM', P .. ':levels:' .. queue, level)
+    redis.call('ZREM', B .. ':levels', level)
   end
 end
 return out
 """
 
-# ARGV: prefix, queue, consumer, max_n, dead_after_ms
-# Returns {ms_to_next_delayed, recovered, 0, body...}; bodies moved to P:proc:C:Q
+# KEYS: q, proc:C, delayed, seq, consumers
+# ARGV: base, consumer, max_n, dead_after_ms
+# Returns {ms_to_next_delayed, recovered, 0, body...}; bodies moved to B:proc:C
 LMOVE_CLAIM = COMMON + r"""
-local queue, cid, n, dead_after = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local cid, n, dead_after = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
-redis.call('ZADD', P .. ':consumers', now, cid)
+redis.call('ZADD', B .. ':consumers', now, cid)
 local recovered = recover_dead(now, dead_after, 1)
-local next_due = promote(queue, now)
-redis.call('SADD', P .. ':procs:' .. cid, queue)
-local src, pk = P .. ':q:' .. queue, P .. ':proc:' .. cid .. ':' .. queue
+local next_due = promote(now)
+local src, pk = B .. ':q', B .. ':proc:' .. cid
 local out = {next_due, recovered, 0}
 for i = 1, n do
   local body = redis.call('LMOVE', src, pk, 'RIGHT', 'LEFT')
@@ -164,17 +163,17 @@ end
 return out
 """
 
-# ARGV: prefix, queue, level, delay_ms, body...
+# KEYS: delayed, seq.  ARGV: base, level, delay_ms, body...
 PUBLISH_DELAYED = COMMON + r"""
-local queue, level, delay = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local level, delay = ARGV[2], tonumber(ARGV[3])
 local due = now_ms() + delay
-for i = 5, #ARGV do add_delayed(queue, level, ARGV[i], due) end
-return #ARGV - 4
+for i = 4, #ARGV do add_delayed(level, ARGV[i], due) end
+return #ARGV - 3
 """
 
-# ARGV: prefix, consumer, delay_ms, field...   (reliable mode)
+# KEYS: inflight:C, q, levels, delayed, seq.  ARGV: base, consumer, delay_ms, field...  (reliable)
 REQUEUE = COMMON + r"""
-local h, delay = P .. ':inflight:' .. ARGV[2], tonumber(ARGV[3])
+local h, delay = B .. ':inflight:' .. ARGV[2], tonumber(ARGV[3])
 local due = now_ms() + delay
 local n = 0
 for i = 4, #ARGV do
@@ -182,84 +181,77 @@ for i = 4, #ARGV do
   local body = redis.call('HGET', h, f)
   if body then
     redis.call('HDEL', h, f)
-    local a = string.find(f, ':', 1, true)
-    local b = string.find(f, ':', a + 1, true)
-    local level, queue = string.sub(f, a + 1, b - 1), string.sub(f, b + 1)
-    if delay > 0 then add_delayed(queue, level, body, due) else push_back(queue, level, body, false) end
+    local level = field_level(f)
+    if delay > 0 then add_delayed(level, body, due) else push_back(level, body, false) end
     n = n + 1
   end
 end
 return n
 """
 
-# ARGV: prefix, consumer, queue, delay_ms, body...   (lmove mode)
+# KEYS: proc:C, q, delayed, seq.  ARGV: base, consumer, delay_ms, body...   (lmove)
 LMOVE_REQUEUE = COMMON + r"""
-local cid, queue, delay = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local pk = P .. ':proc:' .. cid .. ':' .. queue
+local pk, delay = B .. ':proc:' .. ARGV[2], tonumber(ARGV[3])
 local due = now_ms() + delay
 local n = 0
-for i = 5, #ARGV do
+for i = 4, #ARGV do
   if redis.call('LREM', pk, -1, ARGV[i]) == 1 then
-    if delay > 0 then add_delayed(queue, '0', ARGV[i], due) else push_back(queue, '0', ARGV[i], false) end
+    if delay > 0 then add_delayed('0', ARGV[i], due) else push_back('0', ARGV[i], false) end
     n = n + 1
   end
 end
 return n
 """
 
-# ARGV: prefix, consumer, dead_after_ms, register (1/0)
+# KEYS: consumers.  ARGV: base, consumer, dead_after_ms, register (1/0)
 # Returns {recovered, dead consumers handled}
 HEARTBEAT = COMMON + r"""
 local now = now_ms()
-if ARGV[4] == '1' then redis.call('ZADD', P .. ':consumers', now, ARGV[2]) end
+if ARGV[4] == '1' then redis.call('ZADD', B .. ':consumers', now, ARGV[2]) end
 local n, dead = recover_dead(now, tonumber(ARGV[3]), 50)
 return {n, dead}
 """
 
-# ARGV: prefix, consumer.  Gives back everything the consumer holds and forgets it.
+# KEYS: consumers, inflight:C, proc:C, q.  ARGV: base, consumer.
+# Gives back everything the consumer holds on this queue and forgets it there.
 RELEASE = COMMON + r"""
 local n = give_back(ARGV[2])
-redis.call('ZREM', P .. ':consumers', ARGV[2])
+redis.call('ZREM', B .. ':consumers', ARGV[2])
 return n
 """
 
-# ARGV: prefix, consumer, field...   Gives back the listed fields (orphans of a lost reply).
+# KEYS: inflight:C, q.  ARGV: base, consumer, field...   Gives back the listed fields
+# (orphans of a lost reply).
 RELEASE_FIELDS = COMMON + r"""
-local h = P .. ':inflight:' .. ARGV[2]
+local h = B .. ':inflight:' .. ARGV[2]
 local n = 0
 for i = 3, #ARGV do
   local f = ARGV[i]
   local body = redis.call('HGET', h, f)
   if body then
     redis.call('HDEL', h, f)
-    local a = string.find(f, ':', 1, true)
-    local b = string.find(f, ':', a + 1, true)
-    push_back(string.sub(f, b + 1), string.sub(f, a + 1, b - 1), body, true)
+    push_back(field_level(f), body, true)
     n = n + 1
   end
 end
 return n
 """
 
-# ARGV: prefix, queue.  Waiting messages: every level plus delayed.
+# KEYS: q, levels, delayed.  ARGV: base.  Waiting messages: every level plus delayed.
 SIZE = COMMON + r"""
-local queue = ARGV[2]
-local levels = levels_of(queue)
-local n = redis.call('ZCARD', P .. ':delayed:' .. queue)
-for _, level in ipairs(levels) do n = n + redis.call('LLEN', list_key(queue, level)) end
+local n = redis.call('ZCARD', B .. ':delayed')
+for _, level in ipairs(levels_of()) do n = n + redis.call('LLEN', list_key(level)) end
 return n
 """
 
-# ARGV: prefix, queue.  Deletes waiting messages (every level plus delayed); returns how many.
+# KEYS: q, levels, delayed.  ARGV: base.  Deletes waiting messages; returns how many.
 PURGE = COMMON + r"""
-local queue = ARGV[2]
-local levels = levels_of(queue)
-local n = redis.call('ZCARD', P .. ':delayed:' .. queue)
-for _, level in ipairs(levels) do
-  local key = list_key(queue, level)
+local n = redis.call('ZCARD', B .. ':delayed')
+for _, level in ipairs(levels_of()) do
+  local key = list_key(level)
   n = n + redis.call('LLEN', key)
   redis.call('DEL', key)
 end
-redis.call('DEL', P .. ':delayed:' .. queue, P .. ':levels:' .. queue)
+redis.call('DEL', B .. ':delayed', B .. ':levels')
 return n
 """

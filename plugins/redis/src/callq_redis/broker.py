@@ -1,17 +1,20 @@
 """``redis://host:6379/0?mode=reliable|lmove|fast``: queues on Redis lists.
 
+Also ``redis+cluster://`` (Redis Cluster) and ``redis+sentinel://`` (see topology.py).
+
 Modes (URL parameter ``mode``):
 
 * ``reliable`` (default): a Lua script moves up to ``max_n`` messages at once from the queue
   into the consumer's in-flight hash; ack deletes them from it. Every consumer refreshes its
-  score in the ``consumers`` zset (heartbeat); a consumer silent for longer than the lease
-  has its in-flight messages put back by any live consumer (in its heartbeat or fetch).
+  score in the queue's ``consumers`` zset (heartbeat); a consumer silent for longer than the
+  lease has its in-flight messages put back by any live consumer of that queue.
 * ``lmove``: the classic BLMOVE/LMOVE pattern: messages move into a processing list per
   consumer and queue; ack is LREM. Same heartbeat recovery. No priorities.
 * ``fast``: plain pop, at-most-once: a message popped by a consumer that dies is lost.
 
 Delays (every mode) live in a zset by due time, moved to the list by fetch (Lua).
 Priorities (reliable, fast) use one list per non-zero level. Times are Redis server times.
+Every key of a queue carries the hash tag ``{queue}`` (one cluster slot per queue).
 """
 
 from __future__ import annotations
@@ -23,110 +26,28 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import TypeVar
-
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
+from .client import RetryingClient
 from .state import SharedStateMixin
+from .topology import TOPOLOGY_PARAMS, open_target
 
 log = logging.getLogger("callq.redis")
 
-T = TypeVar("T")
-
 MODES = ("reliable", "lmove", "fast")
-KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block")
+KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block", *TOPOLOGY_PARAMS)
 #: longest single blocking call; a fetch with a longer timeout loops
 MAX_BLOCK = 1.0
 #: idle wait slice on a queue that holds priority levels (only level 0 can be waited on)
 LEVEL_POLL = 0.1
 #: values per LPUSH / ids per script call
 CHUNK = 1000
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, TimeoutError, ConnectionResetError)
-
-
-def redis_client(url: BrokerURL, *, socket_timeout: float) -> redis.Redis:
-    """A redis-py client for ``url`` (its own query parameters removed); no hidden retries."""
-    if url.scheme not in ("redis", "rediss"):
-        raise ConfigError(f"broker URL {url}: scheme must be redis:// or rediss://")
-    path = url.path.strip("/")
-    try:
-        db = int(path) if path else 0
-    except ValueError:
-        raise ConfigError(f"broker URL {url}: the path must be a database number, got {path!r}") from None
-    return redis.Redis(
-        host=url.host or "localhost",
-        port=url.port or 6379,
-        db=db,
-        username=url.username,
-        password=url.password,
-        ssl=url.scheme == "rediss",
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 5.0),
-        socket_keepalive=True,
-        # Commands are not retried inside redis-py: a lost reply to a claim must be seen
-        # here so the claimed messages can be given back (see _reconcile).
-        retry=Retry(ExponentialBackoff(), 0),
-        retry_on_error=[],
-        health_check_interval=30,
-    )
-
-
-class RetryingClient:
-    """Runs Redis calls, retrying with backoff (redis-py ``Retry``) while Redis is unreachable."""
-
-    def __init__(self, client: redis.Redis, url: BrokerURL, retry_for: float) -> None:
-        self.client = client
-        self.url = url
-        self.retry_for = retry_for
-        self.closed = False
-        self.failures = 0  # transient failures seen (tests and logs)
-
-    def close(self) -> None:
-        """Stop retrying and drop every connection to Redis."""
-        self.closed = True
-        self.client.close()
-        self.client.connection_pool.disconnect()
-
-    def call(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None = None) -> T:
-        try:
-            return fn()
-        except _TRANSIENT as exc:
-            return self._retry(what, fn, on_error, exc)
-
-    def _retry(self, what: str, fn: Callable[[], T], on_error: Callable[[], None] | None,
-               exc: BaseException) -> T:
-        deadline = time.monotonic() + self.retry_for
-        backoff = ExponentialBackoff(cap=2.0, base=0.05)
-        failures = 0
-        while True:
-            failures += 1
-            self.failures += 1
-            if on_error is not None:
-                on_error()
-            wait = backoff.compute(failures)
-            if self.closed or time.monotonic() + wait > deadline:
-                raise BrokerError(f"redis {self.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
-            log.warning("redis %s: %s failed (%s: %s); retrying in %.2fs",
-                        self.url, what, type(exc).__name__, exc, wait)
-            time.sleep(wait)
-            try:
-                result = fn()
-            except _TRANSIENT as again:
-                exc = again
-                continue
-            log.warning("redis %s: %s succeeded again after %d failure(s)", self.url, what, failures)
-            return result
 
 
 class RedisBroker(SharedStateMixin, BrokerBase):
@@ -137,8 +58,8 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         url.check_params(KNOWN_PARAMS)
         self.mode = url.str_param("mode", "reliable", choices=MODES)
         self.prefix = url.str_param("prefix", "callq")
-        if not self.prefix:
-            raise ConfigError(f"broker URL {url}: prefix must not be empty")
+        if not self.prefix or any(c in self.prefix for c in "{}"):
+            raise ConfigError(f"broker URL {url}: prefix must be non-empty and without braces")
         lease = url.float_param("lease", 10.0, minimum=1.0)
         self.lease = lease
         self.heartbeat_interval = lease / 5  # type: ignore[misc]  # per instance, from the URL
@@ -160,8 +81,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             shared_state=True,
             redelivery_timeout=lease if self.mode != "fast" else 0.0,
         )
-        self.client = redis_client(url, socket_timeout=socket_timeout)
-        self.rc = RetryingClient(self.client, url, retry_for)
+        self.target = open_target(url, socket_timeout=socket_timeout)
+        self.client = self.target.client
+        self.rc = RetryingClient(self.target, url, retry_for)
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = self.client.register_script(_lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
@@ -175,17 +97,25 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self._purge = self.client.register_script(_lua.PURGE)
         # What this consumer handed out and not yet acked (to find orphans after a lost reply).
         self._lock = threading.Lock()
-        self._held_fields: set[bytes] = set()  # reliable
+        self._held_fields: dict[str, set[bytes]] = {}  # reliable: queue -> fields
         self._held_bodies: Counter[tuple[str, bytes]] = Counter()  # lmove
         self._seq = 0
-        self._suspect = False  # a claim failed in transit: look for orphans
-        self._registered = False  # fetched at least once: heartbeats keep us alive
+        self._suspect: set[str] = set()  # queues where a claim failed in transit: look for orphans
+        self._queues: set[str] = set()  # fetched from: heartbeats keep us alive there
         self._closed = False
 
     # --- keys ----------------------------------------------------------------------------
 
+    def _base(self, queue: str) -> str:
+        return f"{self.prefix}:{{{queue}}}"
+
     def _list_key(self, queue: str, level: int = 0) -> str:
-        return f"{self.prefix}:q:{queue}" if level == 0 else f"{self.prefix}:qp{level}:{queue}"
+        b = self._base(queue)
+        return f"{b}:q" if level == 0 else f"{b}:qp{level}"
+
+    def _own(self, queue: str, what: str) -> str:
+        """This consumer's ``inflight`` hash or ``proc`` list of ``queue``."""
+        return f"{self._base(queue)}:{what}:{self.consumer_id}"
 
     # --- publish -------------------------------------------------------------------------
 
@@ -193,28 +123,46 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         if not bodies:
             return 0
         level = int(priority) if priority and self.mode != "lmove" else 0
+        b = self._base(queue)
         if delay > 0:
             delay_ms = max(1, int(delay * 1000))
             for start in range(0, len(bodies), CHUNK):
                 chunk = list(bodies[start:start + CHUNK])
-                self.rc.call("publish", lambda c=chunk: self._publish_delayed(
-                    args=[self.prefix, queue, str(level), delay_ms, *c]))
-            return len(bodies)
-        if level == 0 and len(bodies) <= CHUNK:
-            self.rc.call("publish", partial(self.client.lpush, f"{self.prefix}:q:{queue}", *bodies))
+
+                def build(client: object = None, c: list[bytes] = chunk) -> None:
+                    self._publish_delayed(keys=[f"{b}:delayed", f"{b}:seq"],
+                                          args=[b, str(level), delay_ms, *c], client=client)
+                if self.target.wait_replicas:
+                    self._write("publish", f"{b}:delayed", build)
+                else:
+                    self.rc.call("publish", build)
             return len(bodies)
         key = self._list_key(queue, level)
+        if level == 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
+            self.rc.call("publish", partial(self.client.lpush, key, *bodies))
+            return len(bodies)
 
-        def send() -> None:
-            pipe = self.client.pipeline(transaction=True)
+        def send(pipe: object) -> None:
             for start in range(0, len(bodies), CHUNK):
-                pipe.lpush(key, *bodies[start:start + CHUNK])
+                pipe.lpush(key, *bodies[start:start + CHUNK])  # type: ignore[attr-defined]
             if level:
-                pipe.zadd(f"{self.prefix}:levels:{queue}", {str(level): level})
+                pipe.zadd(f"{b}:levels", {str(level): level})  # type: ignore[attr-defined]
+
+        self._write("publish", key, send, transaction=True)
+        return len(bodies)
+
+    def _write(self, what: str, key: str, build: object, transaction: bool = False) -> None:
+        """Run ``build(pipe)``; with ``wait=N`` also WAIT for N replicas on the same connection."""
+        if self.target.wait_replicas:
+            self.rc.call(what, lambda: self.target.write_and_wait(key, build))  # type: ignore[arg-type]
+            return
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=transaction)
+            build(pipe)  # type: ignore[operator]
             pipe.execute()
 
-        self.rc.call("publish", send)
-        return len(bodies)
+        self.rc.call(what, run)
 
     # --- fetch ---------------------------------------------------------------------------
 
@@ -237,9 +185,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 wait = min(wait, LEVEL_POLL)
             wait = max(wait, 0.01)  # 0 would block forever
             if self.mode == "lmove":
-                proc = f"{self.prefix}:proc:{self.consumer_id}:{queue}"
+                proc = self._own(queue, "proc")
                 body = self.rc.call("fetch", lambda w=wait, p=proc: self.client.blmove(base, p, w, "RIGHT", "LEFT"),
-                                    on_error=self._mark_suspect)
+                                    on_error=partial(self._suspect.add, queue))
                 if body is not None:
                     with self._lock:
                         self._held_bodies[(queue, body)] += 1
@@ -250,101 +198,111 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 # nothing but returns as soon as it is non-empty; the claim script then takes.
                 self.rc.call("fetch", lambda w=wait: self.client.blmove(base, base, w, "RIGHT", "RIGHT"))
 
-    def _mark_suspect(self) -> None:
-        # A claim's reply may have been lost: what it moved is ours but unknown to us.
-        self._suspect = True
-
     def _take(self, queue: str, max_n: int) -> tuple[list[Delivery], int, bool]:
         """One claim round trip: (deliveries, ms until the next delayed message or -1, has levels)."""
+        b = self._base(queue)
+        suspect = partial(self._suspect.add, queue)
         if self.mode == "lmove":
+            proc = self._own(queue, "proc")
+            self._queues.add(queue)
             res = self.rc.call("fetch", lambda: self._lmove_claim(
-                args=[self.prefix, queue, self.consumer_id, max_n, self.dead_after_ms]), on_error=self._mark_suspect)
-            self._registered = True
-            proc = f"{self.prefix}:proc:{self.consumer_id}:{queue}"
+                keys=[f"{b}:q", proc, f"{b}:delayed", f"{b}:seq", f"{b}:consumers"],
+                args=[b, self.consumer_id, max_n, self.dead_after_ms]), on_error=suspect)
             bodies = res[3:]
             if bodies:
                 with self._lock:
                     for body in bodies:
                         self._held_bodies[(queue, body)] += 1
             out = [Delivery(body, queue, proc) for body in bodies]
-        elif self.mode == "reliable":
-            with self._lock:
-                seq = self._seq
-                self._seq += max_n
-            res = self.rc.call("fetch", lambda: self._claim(
-                args=[self.prefix, queue, self.consumer_id, max_n, seq, self.dead_after_ms, 1]),
-                on_error=self._mark_suspect)
-            self._registered = True
-            items = res[3:]
-            fields = items[0::2]
-            if fields:
-                with self._lock:
-                    self._held_fields.update(fields)
-            out = [Delivery(body, queue, field) for field, body in zip(fields, items[1::2], strict=True)]
         else:
-            res = self.rc.call("fetch", lambda: self._claim(
-                args=[self.prefix, queue, self.consumer_id, max_n, 0, self.dead_after_ms, 0]))
-            out = [Delivery(body, queue, None) for body in res[3:]]
+            track = self.mode == "reliable"
+            if track:
+                self._queues.add(queue)
+            keys = [f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq", f"{b}:consumers",
+                    self._own(queue, "inflight")]
+
+            def claim() -> list:
+                # fresh field numbers on every attempt: a retry after a lost reply must not
+                # overwrite the fields the first attempt may have written
+                with self._lock:
+                    seq = self._seq
+                    self._seq += max_n
+                return self._claim(keys=keys, args=[b, self.consumer_id, max_n, seq, self.dead_after_ms,
+                                                    1 if track else 0])
+
+            res = self.rc.call("fetch", claim, on_error=suspect if track else None)
+            if track:
+                items = res[3:]
+                fields = items[0::2]
+                if fields:
+                    with self._lock:
+                        self._held_fields.setdefault(queue, set()).update(fields)
+                out = [Delivery(body, queue, field) for field, body in zip(fields, items[1::2], strict=True)]
+            else:
+                out = [Delivery(body, queue, None) for body in res[3:]]
         if res[1]:
             log.warning("redis %s: gave back %d message(s) of dead consumers", self.url, res[1])
-        if self._suspect:
-            self._reconcile()
+        if queue in self._suspect:
+            self._reconcile(queue)
         return out, int(res[0]), bool(res[2])
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, queue: str) -> None:
         """Give back what our in-flight structures hold but we never handed out (lost replies)."""
-        self._suspect = False
-        with self._lock:
-            if self.mode == "reliable":
-                held_f = set(self._held_fields)
-            else:
-                held_b = Counter(self._held_bodies)
+        self._suspect.discard(queue)
+        b = self._base(queue)
+        n = 0
         if self.mode == "reliable":
-            h = f"{self.prefix}:inflight:{self.consumer_id}"
-            fields = self.rc.call("reconcile", lambda: self.client.hkeys(h))
-            orphans = [f for f in fields if f not in held_f]
-            n = 0
+            with self._lock:
+                held_f = set(self._held_fields.get(queue, ()))
+            h = self._own(queue, "inflight")
+            orphans = [f for f in self.rc.call("reconcile", lambda: self.client.hkeys(h)) if f not in held_f]
             for start in range(0, len(orphans), CHUNK):
                 chunk = orphans[start:start + CHUNK]
                 n += self.rc.call("reconcile", lambda c=chunk: self._release_fields(
-                    args=[self.prefix, self.consumer_id, *c]))
+                    keys=[h, f"{b}:q", f"{b}:levels"], args=[b, self.consumer_id, *c]))
         else:
-            n = 0
-            queues = self.rc.call("reconcile", lambda: self.client.smembers(f"{self.prefix}:procs:{self.consumer_id}"))
-            for q in queues:
-                queue = q.decode()
-                proc = f"{self.prefix}:proc:{self.consumer_id}:{queue}"
-                items = Counter(self.rc.call("reconcile", lambda p=proc: self.client.lrange(p, 0, -1)))
-                for body, count in items.items():
-                    extra = count - held_b.get((queue, body), 0)
-                    if extra > 0:
-                        n += self.rc.call("reconcile", lambda b=body, k=extra, q=queue: self._lmove_requeue(
-                            args=[self.prefix, self.consumer_id, q, 0, *([b] * k)]))
+            with self._lock:
+                held_b = Counter(self._held_bodies)
+            proc = self._own(queue, "proc")
+            items = Counter(self.rc.call("reconcile", lambda: self.client.lrange(proc, 0, -1)))
+            for body, count in items.items():
+                extra = count - held_b.get((queue, body), 0)
+                if extra > 0:
+                    n += self.rc.call("reconcile", lambda bd=body, k=extra: self._lmove_requeue(
+                        keys=[proc, f"{b}:q", f"{b}:delayed", f"{b}:seq"], args=[b, self.consumer_id, 0, *([bd] * k)]))
         if n:
             log.warning("redis %s: gave back %d message(s) claimed by a fetch whose reply was lost", self.url, n)
 
     # --- ack / requeue -------------------------------------------------------------------
 
+    def _by_queue(self, deliveries: Sequence[Delivery], tags: bool) -> dict[str, list[bytes]]:
+        grouped: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            grouped.setdefault(d.queue, []).append(d.tag if tags else d.body)
+        return grouped
+
     def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
         if self.mode == "fast" or not deliveries:
             return len(deliveries)
         if self.mode == "reliable":
-            fields = [d.tag for d in deliveries]
-            h = f"{self.prefix}:inflight:{self.consumer_id}"
-            for start in range(0, len(fields), CHUNK):
-                chunk = fields[start:start + CHUNK]
-                self.rc.call("ack", lambda c=chunk: self.client.hdel(h, *c))
-            with self._lock:
-                self._held_fields.difference_update(fields)
+            for queue, fields in self._by_queue(deliveries, tags=True).items():
+                h = self._own(queue, "inflight")
+                for start in range(0, len(fields), CHUNK):
+                    chunk = fields[start:start + CHUNK]
+                    self.rc.call("ack", lambda c=chunk, k=h: self.client.hdel(k, *c))
+                with self._lock:
+                    self._held_fields.get(queue, set()).difference_update(fields)
             return len(deliveries)
+        for queue, bodies in self._by_queue(deliveries, tags=False).items():
+            proc = self._own(queue, "proc")
 
-        def send() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for d in deliveries:
-                pipe.lrem(d.tag, -1, d.body)
-            pipe.execute()
+            def send(bs: list[bytes] = bodies, p: str = proc) -> None:
+                pipe = self.client.pipeline(transaction=False)
+                for body in bs:
+                    pipe.lrem(p, -1, body)
+                pipe.execute()
 
-        self.rc.call("ack", send)
+            self.rc.call("ack", send)
         self._forget_bodies(deliveries)
         return len(deliveries)
 
@@ -364,67 +322,71 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             return 0
         delay_ms = max(0, int(delay * 1000))
         if self.mode == "fast":  # already gone from Redis: publish again
-            by_queue: dict[str, list[bytes]] = {}
-            for d in deliveries:
-                by_queue.setdefault(d.queue, []).append(d.body)
-            for queue, bodies in by_queue.items():
+            for queue, bodies in self._by_queue(deliveries, tags=False).items():
                 self.callq_publish(queue, bodies, delay, None)
             return len(deliveries)
         n = 0
-        if self.mode == "reliable":
-            fields = [d.tag for d in deliveries]
-            for start in range(0, len(fields), CHUNK):
-                chunk = fields[start:start + CHUNK]
-                n += self.rc.call("requeue", lambda c=chunk: self._requeue(
-                    args=[self.prefix, self.consumer_id, delay_ms, *c]))
-            with self._lock:
-                self._held_fields.difference_update(fields)
-            return n
-        grouped: dict[str, list[bytes]] = {}
-        for d in deliveries:
-            grouped.setdefault(d.queue, []).append(d.body)
-        for queue, bodies in grouped.items():
-            for start in range(0, len(bodies), CHUNK):
-                chunk = bodies[start:start + CHUNK]
-                n += self.rc.call("requeue", lambda q=queue, c=chunk: self._lmove_requeue(
-                    args=[self.prefix, self.consumer_id, q, delay_ms, *c]))
-        self._forget_bodies(deliveries)
+        reliable = self.mode == "reliable"
+        for queue, items in self._by_queue(deliveries, tags=reliable).items():
+            b = self._base(queue)
+            own = self._own(queue, "inflight" if reliable else "proc")
+            keys = [own, f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq"]
+            script = self._requeue if reliable else self._lmove_requeue
+            for start in range(0, len(items), CHUNK):
+                chunk = items[start:start + CHUNK]
+                n += self.rc.call("requeue", lambda c=chunk, s=script, k=keys, bb=b: s(
+                    keys=k, args=[bb, self.consumer_id, delay_ms, *c]))
+            if reliable:
+                with self._lock:
+                    self._held_fields.get(queue, set()).difference_update(items)
+        if not reliable:
+            self._forget_bodies(deliveries)
         return n
 
     # --- heartbeat / size / purge / close -----------------------------------------------
 
     def callq_heartbeat(self) -> int:
-        """Renew this consumer's score; give back the messages of consumers silent too long."""
+        """Renew this consumer's score on its queues; give back the messages of silent consumers."""
         if self.mode == "fast":
             return 0
-        register = 1 if self._registered and not self._closed else 0
+        register = 0 if self._closed else 1
         total = 0
-        while True:
-            recovered, dead = self.rc.call("heartbeat", lambda: self._heartbeat(
-                args=[self.prefix, self.consumer_id, self.dead_after_ms, register]))
-            total += int(recovered)
-            if int(dead) < 50:
-                break
+        for queue in list(self._queues):
+            b = self._base(queue)
+            while True:
+                recovered, dead = self.rc.call("heartbeat", lambda b=b: self._heartbeat(
+                    keys=[f"{b}:consumers"], args=[b, self.consumer_id, self.dead_after_ms, register]))
+                total += int(recovered)
+                if int(dead) < 50:
+                    break
         if total:
             log.warning("redis %s: gave back %d message(s) of dead consumers", self.url, total)
         return total
 
     def callq_size(self, queue: str) -> int:
-        return int(self.rc.call("size", lambda: self._size(args=[self.prefix, queue])))
+        b = self._base(queue)
+        return int(self.rc.call("size", lambda: self._size(keys=[f"{b}:q", f"{b}:levels", f"{b}:delayed"],
+                                                           args=[b])))
 
     def callq_purge(self, queue: str) -> int:
-        return int(self.rc.call("purge", lambda: self._purge(args=[self.prefix, queue])))
+        b = self._base(queue)
+        return int(self.rc.call("purge", lambda: self._purge(keys=[f"{b}:q", f"{b}:levels", f"{b}:delayed"],
+                                                             args=[b])))
 
     def callq_close(self) -> bool:
         if self._closed:
             return True
         self._closed = True
         try:
-            if self._registered:
-                self.rc.retry_for = min(self.rc.retry_for, 5.0)
-                n = self.rc.call("close", lambda: self._release(args=[self.prefix, self.consumer_id]))
-                if n:
-                    log.info("redis %s: gave back %d unacked message(s) on close", self.url, n)
+            self.rc.retry_for = min(self.rc.retry_for, 5.0)
+            n = 0
+            for queue in list(self._queues):
+                b = self._base(queue)
+                n += self.rc.call("close", lambda b=b, q=queue: self._release(
+                    keys=[f"{b}:consumers", self._own(q, "inflight"), self._own(q, "proc"), f"{b}:q"],
+                    args=[b, self.consumer_id]))
+            if n:
+                log.info("redis %s: gave back %d unacked message(s) on close", self.url, n)
         except BrokerError as exc:
             log.warning("redis %s: could not give back unacked messages on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import redis
 
 if TYPE_CHECKING:
-    from .broker import RetryingClient
+    from .client import RetryingClient
 
 _INCR = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -50,13 +50,16 @@ class RedisState:
         return int(self.rc.call("state incr", lambda: self._incr(keys=[self.ns + key], args=[amount, px])))
 
     def scan(self, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` (on every primary of a cluster)."""
         pattern = _glob_escape(self.ns + prefix) + "*"
 
         def run() -> dict[str, str]:
             keys = list(self.client.scan_iter(match=pattern, count=500))
             if not keys:
                 return {}
-            values = self.client.mget(keys)
+            # a cluster spreads them over shards: one MGET per slot there
+            mget = getattr(self.client, "mget_nonatomic", self.client.mget)
+            values = mget(keys)
             cut = len(self.ns)
             return {k.decode()[cut:]: v.decode() for k, v in zip(keys, values) if v is not None}
 

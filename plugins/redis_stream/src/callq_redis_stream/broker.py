@@ -13,7 +13,6 @@ script), where every consumer of the group can read them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -29,24 +28,26 @@ from redis.exceptions import ResponseError
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
-from callq_redis.broker import RetryingClient, redis_client
+from callq_redis.client import RetryingClient
 from callq_redis.state import SharedStateMixin
+from callq_redis.topology import TOPOLOGY_PARAMS, open_target
 
 log = logging.getLogger("callq.redis_stream")
 
-KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block")
+KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block", *TOPOLOGY_PARAMS)
 MAX_BLOCK = 1.0
 CHUNK = 1000
 #: how often (at most) a consumer deletes long-idle consumers without pending entries
 CLEANUP_EVERY = 60.0
 
-# ARGV: stream, group, consumer, min_idle_ms, count.  Re-adds entries idle past min_idle
-# at the end of the stream (whole PEL scanned by cursor, up to 20 rounds); returns how many.
+# Every script gets the stream as KEYS[1] (routes it to the stream's shard on a cluster).
+# KEYS: stream.  ARGV: group, consumer, min_idle_ms, count.  Re-adds entries idle past
+# min_idle at the end of the stream (whole PEL scanned by cursor, up to 20 rounds); returns how many.
 _RECLAIM = r"""
-local key, group, cid = ARGV[1], ARGV[2], ARGV[3]
+local key, group, cid = KEYS[1], ARGV[1], ARGV[2]
 local cursor, n, rounds = '0-0', 0, 0
 repeat
-  local res = redis.call('XAUTOCLAIM', key, group, cid, ARGV[4], cursor, 'COUNT', ARGV[5])
+  local res = redis.call('XAUTOCLAIM', key, group, cid, ARGV[3], cursor, 'COUNT', ARGV[4])
   cursor = res[1]
   for _, e in ipairs(res[2]) do
     if e then
@@ -63,11 +64,11 @@ until cursor == '0-0' or rounds >= 20
 return n
 """
 
-# ARGV: stream, group, id...  Puts entries still pending back at the end of the stream.
+# KEYS: stream.  ARGV: group, id...  Puts entries still pending back at the end of the stream.
 _GIVE_BACK = r"""
-local key, group = ARGV[1], ARGV[2]
+local key, group = KEYS[1], ARGV[1]
 local n = 0
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   local id = ARGV[i]
   if redis.call('XACK', key, group, id) == 1 then
     local e = redis.call('XRANGE', key, id, id)
@@ -81,9 +82,9 @@ end
 return n
 """
 
-# ARGV: stream, group, consumer.  Gives back everything the consumer holds, then deletes it.
+# KEYS: stream.  ARGV: group, consumer.  Gives back everything the consumer holds, then deletes it.
 _RELEASE = r"""
-local key, group, cid = ARGV[1], ARGV[2], ARGV[3]
+local key, group, cid = KEYS[1], ARGV[1], ARGV[2]
 local n = 0
 local ok = redis.pcall('XPENDING', key, group, '-', '+', 1, cid)
 if type(ok) == 'table' and ok.err then return 0 end
@@ -105,26 +106,26 @@ redis.call('XGROUP', 'DELCONSUMER', key, group, cid)
 return n
 """
 
-# ARGV: stream, group, consumer.  Deletes the consumer only if it holds nothing.
+# KEYS: stream.  ARGV: group, consumer.  Deletes the consumer only if it holds nothing.
 _DROP_IF_EMPTY = r"""
-if #redis.call('XPENDING', ARGV[1], ARGV[2], '-', '+', 1, ARGV[3]) == 0 then
-  return redis.call('XGROUP', 'DELCONSUMER', ARGV[1], ARGV[2], ARGV[3])
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 end
 return -1
 """
 
-# ARGV: stream, group.  Waiting = entries in the stream minus those pending (acked ones are deleted).
+# KEYS: stream.  ARGV: group.  Waiting = entries in the stream minus those pending (acked ones are deleted).
 _SIZE = r"""
-local len = redis.call('XLEN', ARGV[1])
-local pend = redis.pcall('XPENDING', ARGV[1], ARGV[2])
+local len = redis.call('XLEN', KEYS[1])
+local pend = redis.pcall('XPENDING', KEYS[1], ARGV[1])
 if type(pend) == 'table' and not pend.err then len = len - tonumber(pend[1]) end
 if len < 0 then return 0 end
 return len
 """
 
-# ARGV: stream, group.  Deletes the entries not yet delivered to the group.
+# KEYS: stream.  ARGV: group.  Deletes the entries not yet delivered to the group.
 _PURGE = r"""
-local key, group = ARGV[1], ARGV[2]
+local key, group = KEYS[1], ARGV[1]
 if redis.call('EXISTS', key) == 0 then return 0 end
 local last = nil
 local groups = redis.call('XINFO', 'GROUPS', key)
@@ -186,9 +187,9 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             shared_state=True,
             redelivery_timeout=lease,
         )
-        self.client = redis_client(dataclasses.replace(url, scheme=_redis_scheme(url)),
-                                   socket_timeout=socket_timeout)
-        self.rc = RetryingClient(self.client, url, url.float_param("retry", 60.0))
+        self.target = open_target(url, socket_timeout=socket_timeout)
+        self.client = self.target.client
+        self.rc = RetryingClient(self.target, url, url.float_param("retry", 60.0))
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self._reclaim = self.client.register_script(_RECLAIM)
         self._give_back = self.client.register_script(_GIVE_BACK)
@@ -214,6 +215,12 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             return 0
         key = self._key(queue)
         trim = {"maxlen": self.maxlen, "approximate": True} if self.maxlen else {}
+        if self.target.wait_replicas:  # WAIT for replicas on the connection that wrote
+            for start in range(0, len(bodies), CHUNK):
+                chunk = bodies[start:start + CHUNK]
+                self.rc.call("publish", lambda c=chunk: self.target.write_and_wait(
+                    key, lambda pipe: _queue_xadd(pipe, key, c, trim)))
+            return len(bodies)
         if len(bodies) == 1:
             body = bodies[0]
             self.rc.call("publish", lambda: self.client.xadd(key, {"b": body}, **trim))
@@ -288,7 +295,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             held = set(self._held.get(queue, ()))
         orphans = [p["message_id"] for p in pending if p["message_id"] not in held]
         if orphans:
-            n = self.rc.call("reconcile", lambda: self._give_back(args=[key, self.group, *orphans]))
+            n = self.rc.call("reconcile", lambda: self._give_back(keys=[key], args=[self.group, *orphans]))
             log.warning("redis %s: gave back %d entr(ies) read by a fetch whose reply was lost", self.url, n)
 
     # --- ack / requeue -------------------------------------------------------------------
@@ -328,7 +335,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             key = self._key(queue)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                n += self.rc.call("requeue", lambda c=chunk, k=key: self._give_back(args=[k, self.group, *c]))
+                n += self.rc.call("requeue", lambda c=chunk, k=key: self._give_back(keys=[k], args=[self.group, *c]))
             self._forget(queue, ids)
         return n
 
@@ -348,7 +355,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                     k, self.group, self.consumer_id, 0, c, justid=True))
             try:
                 recovered += int(self.rc.call("heartbeat", lambda k=key: self._reclaim(
-                    args=[k, self.group, self.consumer_id, self.min_idle_ms, 500])))
+                    keys=[k], args=[self.group, self.consumer_id, self.min_idle_ms, 500])))
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -372,7 +379,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             for c in consumers:
                 if c["pending"] == 0 and c["idle"] > limit_ms:
                     self.rc.call("cleanup", lambda k=key, name=c["name"]: self._drop_if_empty(
-                        args=[k, self.group, name]))
+                        keys=[k], args=[self.group, name]))
 
     def callq_heartbeat(self) -> int:
         if self._closed:
@@ -382,10 +389,10 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
     # --- size / purge / close ------------------------------------------------------------
 
     def callq_size(self, queue: str) -> int:
-        return int(self.rc.call("size", lambda: self._size(args=[self._key(queue), self.group])))
+        return int(self.rc.call("size", lambda: self._size(keys=[self._key(queue)], args=[self.group])))
 
     def callq_purge(self, queue: str) -> int:
-        return int(self.rc.call("purge", lambda: self._purge(args=[self._key(queue), self.group])))
+        return int(self.rc.call("purge", lambda: self._purge(keys=[self._key(queue)], args=[self.group])))
 
     def callq_close(self) -> bool:
         if self._closed:
@@ -396,7 +403,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             n = 0
             for queue in list(self._groups):
                 n += int(self.rc.call("close", lambda q=queue: self._release(
-                    args=[self._key(q), self.group, self.consumer_id])))
+                    keys=[self._key(q)], args=[self.group, self.consumer_id])))
             if n:
                 log.info("redis %s: gave back %d unacked entr(ies) on close", self.url, n)
         except Exception as exc:  # noqa: BLE001 - closing must not raise; the lease covers it
@@ -410,13 +417,12 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         return f"RedisStreamBroker({str(self.url)!r}, group={self.group!r}, consumer={self.consumer_id!r})"
 
 
-def _pipeline_xadd(client: redis.Redis, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:
-    pipe = client.pipeline(transaction=False)
+def _queue_xadd(pipe: Any, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:
     for body in bodies:
         pipe.xadd(key, {"b": body}, **trim)
+
+
+def _pipeline_xadd(client: redis.Redis, key: str, bodies: Sequence[bytes], trim: dict[str, Any]) -> None:
+    pipe = client.pipeline(transaction=False)
+    _queue_xadd(pipe, key, bodies, trim)
     pipe.execute()
-
-
-def _redis_scheme(url: BrokerURL) -> str:
-    """``redis+stream`` -> ``redis``; ``rediss+stream`` -> ``rediss`` (TLS)."""
-    return "rediss" if url.scheme.startswith("rediss") else "redis"

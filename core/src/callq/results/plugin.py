@@ -1,0 +1,199 @@
+"""The default results plugin: a control that writes each call's status and result to its
+task's store (only for tasks that keep results).
+
+Writes go through one background thread per process that batches them (one round trip for
+many calls under load, no waiting when idle), so a call's thread never waits on the store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any
+
+from ..controls import Control
+from ..hookspecs import hookimpl
+from ..message import dumps
+from .store import Record, open_store, store_url_for
+
+log = logging.getLogger("callq.results")
+
+#: outcome of a call -> status of its result record. A retry or requeue writes nothing: the
+#: next attempt may already have finished in another thread, and its record must stay.
+STATUS_OF = {"done": "done", "dead": "dead", "expired": "expired", "skipped": "skipped"}
+
+
+#: the writer waits this long after waking to gather a batch (unless one is already there)
+LINGER = 0.002
+
+
+class Writer:
+    """Batches ``(store url, id, record, ttl)`` writes in a background thread.
+
+    A put wakes the thread only when it sleeps; once awake it gathers what arrives within
+    :data:`LINGER` and writes it in one round trip per store.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[str, str, Record, float]] = deque()
+        self._cond = threading.Condition()
+        self._pid = 0
+        self._busy = False
+        self._idle = False
+
+    def put(self, url: str, call_id: str, record: Record, ttl: float) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._items.append((url, call_id, record, ttl))
+        if self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
+            with self._cond:
+                self._cond.notify()
+
+    def _start(self) -> None:
+        with _start_lock:
+            if self._pid == os.getpid():
+                return
+            self._cond = threading.Condition()
+            self._items = deque(self._items) if self._pid == 0 else deque()
+            threading.Thread(target=self._loop, name="callq-results", daemon=True).start()
+            self._pid = os.getpid()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._idle = True
+                while not self._items:
+                    self._busy = False
+                    self._cond.notify_all()
+                    self._cond.wait(0.5)
+                self._idle = False
+                self._busy = True
+            if len(self._items) < 500:
+                time.sleep(LINGER)
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        # by store, then by id: a later record of a call (done) replaces an earlier one (running)
+        batch: dict[str, dict[str, tuple[str, Record, float]]] = defaultdict(dict)
+        pop = self._items.popleft
+        try:
+            for _ in range(5000):
+                url, call_id, record, ttl = pop()
+                batch[url][call_id] = (call_id, record, ttl)
+        except IndexError:
+            pass
+        for url, by_id in batch.items():
+            items = list(by_id.values())
+            try:
+                open_store(url).put_many(items)
+            except Exception as exc:  # noqa: BLE001 - a store outage must not stop the writer
+                log.error("could not store %d result(s) in %s: %s: %s", len(items),
+                          url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued write was attempted."""
+        if self._pid != os.getpid():
+            return True
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._items or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+
+_start_lock = threading.Lock()
+writer = Writer()
+atexit.register(writer.flush)
+
+
+class ResultsControl(Control):
+    """Writes ``running`` when the function starts and the final status once the call settled.
+
+    Applies only to tasks that keep results, so a task without them keeps the fast path.
+    """
+
+    name = "results"
+    order = 900
+
+    @classmethod
+    def applies(cls, task_options: Any, options: Any) -> bool:
+        return store_url_for(task_options) is not None
+
+    def __init__(self, consumer: Any, options: Any) -> None:
+        super().__init__(consumer, options)
+        self.url = store_url_for(consumer.task.options)
+        self.ttl = consumer.task.options.result_ttl
+        if self.url:
+            open_store(self.url)  # a bad store URL fails the consumer's start, not each call
+
+    def enter(self, call: Any) -> None:
+        call_id = call.id
+        if call_id and self.url:
+            writer.put(self.url, call_id, {"id": call_id, "status": "running", "attempt": call.attempt,
+                                           "queue": call.queue, "started_at": call.started_at or time.time()},
+                       self.ttl)
+
+    def settled(self, call: Any) -> None:
+        call_id = call.id
+        status = STATUS_OF.get(call.outcome or "")
+        if call_id is None or status is None or not self.url:
+            return
+        record = _record(call, status)
+        if status == "done":
+            try:
+                _check_json(call.result)
+                record["result"] = call.result
+            except (TypeError, ValueError) as exc:
+                log.error("%s: call %s returned a %s, which is not JSON; its result is not stored (%s)",
+                          call.task.name, call_id, type(call.result).__name__, exc)
+                record["status"] = "failed"
+                record["error"] = {"type": "TypeError", "traceback": None,
+                                   "message": f"the result ({type(call.result).__name__}) is not JSON-serialisable; "
+                                              "callq stores JSON results only"}
+        writer.put(self.url, call_id, record, self.ttl)
+
+    def stop(self) -> None:
+        writer.flush()
+
+
+class ResultsPlugin:
+    """Registered by default as ``callq.default.results``: adds :class:`ResultsControl`."""
+
+    @hookimpl
+    def callq_controls(self) -> list[type[Control]]:
+        return [ResultsControl]
+
+    @hookimpl
+    def callq_consumer_stopped(self, consumer: Any) -> None:
+        writer.flush()
+
+
+def _record(call: Any, status: str) -> Record:
+    exc = call.error
+    error = None
+    if exc is not None:
+        error = {"type": type(exc).__name__, "message": str(exc), "traceback": call.traceback
+                 if hasattr(call, "traceback") else _format(exc)}
+    return {"id": call.id, "status": status, "result": None, "error": error, "attempt": call.attempt,
+            "queue": call.queue, "task": call.task.name, "reason": getattr(call, "reason", None),
+            "started_at": call.started_at or None, "finished_at": call.finished_at or None}
+
+
+def _check_json(value: Any) -> None:
+    """TypeError/ValueError unless ``value`` is JSON (NaN and Infinity are not)."""
+    if value is None or type(value) in (str, int, bool):
+        return
+    dumps(value)
+
+
+def _format(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

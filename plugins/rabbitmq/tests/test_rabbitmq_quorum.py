@@ -1,0 +1,146 @@
+"""Quorum queues on a local 3-node RabbitMQ cluster: the contract, the delivery limit as a
+poison-message guard, and a node killed mid-run (nothing lost, consumers carry on)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from callq.broker import Connection
+from callq.errors import ConfigError
+from callq.message import encode, new_meta
+from callq.testing import BrokerContract, drain, fresh_queue_name
+from callq_rabbitmq.local import LocalRabbitCluster
+
+pytestmark = pytest.mark.slow
+
+
+def test_quorum_parameters_are_checked() -> None:
+    base = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    with pytest.raises(ConfigError, match="queue_type"):
+        Connection(f"{base}?queue_type=stream")
+    with pytest.raises(ConfigError, match="delivery_limit needs queue_type=quorum"):
+        Connection(f"{base}?delivery_limit=3")
+    with pytest.raises(ConfigError, match="no x-max-priority"):
+        Connection(f"{base}?queue_type=quorum&max_priority=5")
+    with pytest.raises(ConfigError, match="hosts must be host:port"):
+        Connection(f"{base}?hosts=nohost")
+
+
+class TestRabbitmqQuorumContract(BrokerContract):
+    wait_margin = 5.0
+
+    @pytest.fixture
+    def broker_url(self, rabbit_cluster: LocalRabbitCluster) -> str:
+        return rabbit_cluster.url("queue_type=quorum&delivery_limit=50&heartbeat=2")
+
+
+def test_queue_is_a_replicated_quorum_queue(rabbit_cluster: LocalRabbitCluster) -> None:
+    conn = Connection(rabbit_cluster.url("queue_type=quorum"))
+    queue = fresh_queue_name()
+    try:
+        conn.publish(queue, [b"x"])
+        out = rabbit_cluster.ctl(rabbit_cluster.nodes[0], "list_queues", "name", "type", "members",
+                                 "--formatter", "json")
+        row = next(q for q in json.loads(out) if q["name"] == queue)
+        assert row["type"] == "quorum"
+        assert sorted(row["members"]) == sorted(n.name for n in rabbit_cluster.nodes)
+        assert conn.capabilities.priority is False
+        conn.purge(queue)
+    finally:
+        conn.close()
+
+
+def test_delivery_limit_moves_a_poison_message_to_the_dead_letter_queue(rabbit_cluster: LocalRabbitCluster) -> None:
+    """A message returned more than delivery_limit times (requeue, or its consumer dying)
+    goes to <queue>.dlq, the queue callq's own dead letters use."""
+    conn = Connection(rabbit_cluster.url("queue_type=quorum&delivery_limit=2"))
+    queue = fresh_queue_name()
+    try:
+        conn.publish(queue, [b"poison", b"fine"])
+        returns = 0
+        while True:
+            got = conn.fetch(queue, 10, 2.0)
+            if not got:
+                break
+            fine = [d for d in got if d.body == b"fine"]
+            conn.ack(fine)
+            poison = [d for d in got if d.body == b"poison"]
+            if poison:
+                conn.requeue(poison)
+                returns += 1
+            assert returns <= 5
+        assert returns == 3  # delivered 3 times: the third return exceeds the limit of 2
+        assert conn.size(queue) == 0
+        assert [d.body for d in drain(conn, f"{queue}.dlq", 1, timeout=5)] == [b"poison"]
+    finally:
+        conn.close()
+
+
+def _leader(cluster: LocalRabbitCluster, queue: str, via: object) -> str:
+    out = cluster.ctl(via, "list_queues", "name", "leader", "--formatter", "json")  # type: ignore[arg-type]
+    return str(next(q["leader"] for q in json.loads(out) if q["name"] == queue))
+
+
+def _ran(workdir: Path) -> Counter[int]:
+    seen: Counter[int] = Counter()
+    for path in workdir.glob("ran-*.log"):
+        seen.update(int(line) for line in path.read_text().split())
+    return seen
+
+
+def test_node_killed_mid_run_nothing_lost(rabbit_cluster: LocalRabbitCluster, tmp_path: Path) -> None:
+    """kill -9 of the node that leads the queue and serves one worker's connection: the other
+    nodes elect a new leader, that worker reconnects to the next node, nothing is lost."""
+    queue, calls = fresh_queue_name("cq-quorum"), 3000
+    query = "queue_type=quorum&heartbeat=5"
+    conn = Connection(rabbit_cluster.url(query))  # declares through node 0: it leads the queue
+    workers: list[subprocess.Popen[bytes]] = []
+    victim = rabbit_cluster.nodes[0]
+    try:
+        for start in range(0, calls, 500):
+            conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+        assert _leader(rabbit_cluster, queue, rabbit_cluster.nodes[1]) == victim.name
+        for n, first in enumerate((0, 2)):
+            log = open(tmp_path / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "callq.testing.crash", rabbit_cluster.url(query, first=first), queue,
+                 str(tmp_path), "8"], stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 120
+        while len(_ran(tmp_path)) < calls // 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = len(_ran(tmp_path))
+        killed_at = time.monotonic()
+        rabbit_cluster.kill(victim)
+        resumed_at = None
+        while len(_ran(tmp_path)) < calls and time.monotonic() < deadline:
+            if resumed_at is None and len(_ran(tmp_path)) > before + 20:
+                resumed_at = time.monotonic()
+            assert all(w.poll() is None for w in workers), "a worker died"
+            time.sleep(0.05)
+        seen = _ran(tmp_path)
+        lost = set(range(calls)) - set(seen)
+        print(f"rabbitmq quorum: {calls} calls, node {victim.name} killed after {before} ran, work resumed "
+              f"after {(resumed_at or time.monotonic()) - killed_at:.1f}s, all done "
+              f"{time.monotonic() - killed_at:.1f}s after the kill, lost {len(lost)}, "
+              f"duplicates {sum(c - 1 for c in seen.values() if c > 1)}")
+        assert not lost, sorted(lost)[:20]
+        assert conn.size(queue) == 0  # answered by a surviving node after a reconnect
+        assert _leader(rabbit_cluster, queue, rabbit_cluster.nodes[1]) != victim.name
+        assert "lost; reconnecting" in (tmp_path / "worker-0.stderr").read_text()
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        conn.close()

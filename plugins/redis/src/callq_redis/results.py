@@ -1,0 +1,105 @@
+"""``redis://host:6379/0[?prefix=callq]``: a result store for ``callq.results``.
+
+A record is a Redis string ``<prefix>:result:<id>`` with the result's TTL. A waiter sets
+``<prefix>:result:<id>:waiting``, reads the record, then blocks on BLPOP of
+``<prefix>:result:<id>:wake``, which the writer pushes once the call is final if someone
+waits (the waiter pushes the token back for other waiters): no polling loop, and no wake
+list for results nobody waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from callq.errors import BrokerError, ConfigError
+from callq.results.store import FINAL
+from callq.url import BrokerURL
+
+from .topology import open_target
+
+#: longest single BLPOP (a longer wait loops)
+BLOCK = 5.0
+_dumps = orjson.dumps
+
+# One round trip per batch: ARGV holds (id, record, ttl ms, final) quadruples.
+_PUT = """
+local prefix = KEYS[1] .. ':result:'
+for i = 1, #ARGV, 4 do
+  local key = prefix .. ARGV[i]
+  redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[i + 2])
+  if ARGV[i + 3] == '1' and redis.call('EXISTS', key .. ':waiting') == 1 then
+    redis.call('RPUSH', key .. ':wake', 1)
+    redis.call('PEXPIRE', key .. ':wake', ARGV[i + 2])
+  end
+end
+return #ARGV / 4
+"""
+
+
+class RedisResultStore:
+    def __init__(self, url: str) -> None:
+        parsed = BrokerURL.parse(url)
+        self.url = parsed
+        self.prefix = parsed.str_param("prefix", "callq") or "callq"
+        target = open_target(parsed, socket_timeout=10.0)
+        if target.cluster:
+            target.close()
+            raise ConfigError(f"result store {parsed}: Redis Cluster is not supported for results; "
+                              "use redis:// or redis+sentinel://, or a SQL store")
+        self.client = target.client
+        self.blocking = open_target(parsed, socket_timeout=BLOCK + 5.0).client
+        self._put = self.client.register_script(_PUT)
+
+    def _key(self, call_id: str) -> str:
+        return f"{self.prefix}:result:{call_id}"
+
+    def put_many(self, items: Sequence[tuple[str, dict[str, Any], float]]) -> None:
+        args: list[Any] = []
+        for call_id, record, ttl in items:
+            args += (call_id, _dumps(record), max(1, int(ttl * 1000)), 1 if record.get("status") in FINAL else 0)
+        self._run("store results", lambda: self._put(keys=[self.prefix], args=args))
+
+    def get(self, call_id: str) -> dict[str, Any] | None:
+        raw = self._run("read a result", lambda: self.client.get(self._key(call_id)))
+        return json.loads(raw) if raw else None
+
+    def wait(self, call_id: str, timeout: float | None) -> dict[str, Any] | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wake = self._key(call_id) + ":wake"
+        waiting = self._key(call_id) + ":waiting"
+        while True:
+            # announce the waiter first: a final write after this pushes a wake token, one
+            # before it is seen by the GET (the writer's script is atomic)
+            self._run("wait for a result", lambda: self.client.set(waiting, 1, px=int((BLOCK + 5) * 1000)))
+            record = self.get(call_id)
+            if record is not None and record.get("status") in FINAL:
+                return record
+            left = BLOCK if deadline is None else min(BLOCK, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            block = max(left, 0.01)
+            popped = self._run("wait for a result", lambda b=block: self.blocking.blpop([wake], timeout=b))
+            if popped:  # give the token back for other waiters of the same call
+                self._run("wait for a result", lambda: self._give_back(wake))
+
+    def _give_back(self, wake: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(wake, 1)
+        pipe.pexpire(wake, 60_000)
+        pipe.execute()
+
+    def _run(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise BrokerError(f"redis result store {self.url}: could not {what}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self.client.close()
+        self.blocking.close()

@@ -1,0 +1,103 @@
+"""callq-redis through Redis Sentinel: a local master, a replica and three sentinels; the
+master is killed mid-run and the workers reconnect to the promoted replica."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from callq.broker import Connection
+from callq.errors import ConfigError
+from callq.message import encode, new_meta
+from callq.testing import drain, fresh_queue_name
+from callq_redis.local import LocalSentinelGroup
+
+pytestmark = pytest.mark.slow
+
+
+def test_sentinel_url_needs_a_service_name(redis_sentinel: LocalSentinelGroup) -> None:
+    with pytest.raises(ConfigError, match="service name"):
+        Connection(f"redis+sentinel://127.0.0.1:{redis_sentinel.sentinel_ports[0]}/")
+    with pytest.raises(ConfigError, match="database number"):
+        Connection(f"redis+sentinel://127.0.0.1:{redis_sentinel.sentinel_ports[0]}/svc/x")
+    with pytest.raises(ConfigError, match="sentinel_password is for"):
+        Connection("redis://127.0.0.1:6379/0?sentinel_password=x")
+
+
+@pytest.mark.parametrize("mode", ["reliable", "lmove"])
+def test_round_trip_through_sentinel(redis_sentinel: LocalSentinelGroup, mode: str) -> None:
+    conn = Connection(redis_sentinel.url(mode=mode, prefix=f"cqs-{uuid.uuid4().hex[:8]}", lease=2))
+    queue = fresh_queue_name()
+    try:
+        conn.publish(queue, [b"a", b"b"])
+        conn.publish(queue, [b"c"], delay=0.2)
+        assert sorted(d.body for d in drain(conn, queue, 3, timeout=5)) == [b"a", b"b", b"c"]
+        assert conn.size(queue) == 0
+        host, port = conn.broker.client.connection_pool.get_master_address()
+        assert int(port) == redis_sentinel.master_port()
+    finally:
+        conn.close()
+
+
+def _ran(workdir: Path) -> Counter[int]:
+    seen: Counter[int] = Counter()
+    for path in workdir.glob("ran-*.log"):
+        seen.update(int(line) for line in path.read_text().split())
+    return seen
+
+
+def test_master_killed_mid_run_workers_follow_the_new_master(redis_sentinel: LocalSentinelGroup,
+                                                             tmp_path: Path) -> None:
+    queue, calls = fresh_queue_name("cq-sentinel"), 2000
+    url = redis_sentinel.url(lease=3, prefix=f"cqs-{uuid.uuid4().hex[:8]}", wait=1)
+    old = redis_sentinel.master_port()
+    conn = Connection(url)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        for start in range(0, calls, 500):
+            conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+        for n in range(2):
+            log = open(tmp_path / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
+            workers.append(subprocess.Popen([sys.executable, "-m", "callq.testing.crash", url, queue,
+                                             str(tmp_path), "8"], stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 90
+        while len(_ran(tmp_path)) < calls // 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before = len(_ran(tmp_path))
+        killed_at = time.monotonic()
+        redis_sentinel.kill(old)
+        resumed_at = None
+        while len(_ran(tmp_path)) < calls and time.monotonic() < deadline:
+            if resumed_at is None and len(_ran(tmp_path)) > before + 20:
+                resumed_at = time.monotonic()
+            assert all(w.poll() is None for w in workers), "a worker died"
+            time.sleep(0.05)
+        seen = _ran(tmp_path)
+        lost = set(range(calls)) - set(seen)
+        new = redis_sentinel.master_port()
+        print(f"sentinel failover: {calls} calls, master {old} killed after {before} ran, new master {new}, "
+              f"workers resumed after {(resumed_at or time.monotonic()) - killed_at:.1f}s, lost {len(lost)}, "
+              f"duplicates {sum(c - 1 for c in seen.values() if c > 1)}")
+        print(f"drained at {time.monotonic() - killed_at:.1f}s after the kill")
+        assert not lost, sorted(lost)[:20]
+        assert new != old
+        warnings = "".join(p.read_text() for p in tmp_path.glob("worker-*.stderr"))
+        assert "succeeded again" in warnings  # the retry path logged the way back
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(20)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        conn.close()
+        if redis_sentinel.procs[old].poll() is not None:
+            redis_sentinel.restart(old)  # the sentinels make it a replica of the new master
