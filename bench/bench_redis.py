@@ -18,6 +18,8 @@ Rows (ratio = callq / raw, higher is better):
 * worker (the issue's workload): 20,000 calls of ``add(a, b)`` doing one Redis ``INCR``, consumed
   by a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the raw loop
   (``RPOP`` 100, decode, call inline); medians of interleaved runs; also its peak RSS.
+* worker, results=False (reliable mode): the same without keeping return values (results are
+  on by default where the broker has a shared store: two more writes per call).
 * worker --processes 2 vs 1 (reliable mode): the same workload, ``consume(processes=2)`` against
   one process.
 
@@ -159,10 +161,13 @@ def callq_consume(conn: Connection, r: redis.Redis, counter: str, n: int, batch:
 
 
 def worker_child(url: str, queue: str, counter: str, n: int, concurrency: int, processes: int) -> None:
-    """Runs in its own process: consume ``n`` calls of add(a, b) (one INCR each); print rate and peak RSS."""
-    r = redis.Redis.from_url(REDIS)
+    """Runs in its own process: consume ``n`` calls of add(a, b) (one INCR each); print rate and peak RSS.
 
-    @callq.task(queue, broker=url, concurrency=concurrency)
+    ``processes`` < 0: one process with ``results=False``."""
+    r = redis.Redis.from_url(REDIS)
+    options = {"results": False} if processes < 0 else {}
+
+    @callq.task(queue, broker=url, concurrency=concurrency, **options)
     def add(a: int, b: int) -> None:
         r.incr(counter)
 
@@ -333,6 +338,13 @@ def main() -> None:
                     report(f"worker add(a,b)+INCR (concurrency {args.concurrency})", median(ours), raw_loop)
                     print(f"{'worker peak RSS':<34} {rss:>9.1f} MB", flush=True)
                     report("worker peak RSS", rss, None, "MB")
+                    if mode == "reliable":
+                        ours, raws = [], []
+                        for _ in range(args.worker_rounds):
+                            clear(0)
+                            raws.append(raw_worker_loop(r, raw_key, counter, args.worker))
+                            ours.append(run_worker(url, conn, r, counter, args.worker, args.concurrency, -1)["rate"])
+                        report("worker add(a,b)+INCR, results=False", median(ours), median(raws))
                     if mode == "reliable" and args.processes > 1:
                         one, many = [], []
                         for _ in range(args.worker_rounds):
