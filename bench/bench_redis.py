@@ -1,20 +1,27 @@
 """callq-redis (and callq-redis-stream) against raw redis-py doing the same work, same machine, same run.
 
     .venv/bin/python bench/bench_redis.py [--single 4500] [--batched 60000] [--consume 9000]
-                                          [--worker 10000] [--concurrency 8] [--rounds 5]
+                                          [--worker 20000] [--concurrency 16] [--worker-rounds 3]
+                                          [--processes 2] [--rounds 5]
                                           [--modes reliable,lmove,fast,stream] [--json]
 
-The task's function does one Redis INCR, so every consume loop pays the same round trip per call.
 Rows (ratio = callq / raw, higher is better):
 
 * publish 1-by-1: ``Connection(url).publish(queue, [body])`` vs a raw ``LPUSH`` loop; both encode
   the same JSON message (keyword arguments + metadata) per call.
 * publish batched: ``publish(queue, 1000 bodies)`` vs raw pipelined ``LPUSH`` (1,000 per pipeline).
+* push 1-by-1: ``add.push(a, b)`` (binding, metadata, JSON, publish) vs a raw loop building the same
+  message and ``LPUSH``-ing it; push_many: ``add.push_many`` vs the same in raw pipelines.
 * consume loop: ``fetch(100)`` -> decode + INCR per message -> ``ack(batch)`` through Connection, vs a
   raw loop that pops 100 per round trip (``RPOP key 100``), decodes and calls the function inline,
   with no acks at all.
-* worker: a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the
-  same raw loop; also its peak RSS (ru_maxrss of the worker process).
+* worker (the issue's workload): 20,000 calls of ``add(a, b)`` doing one Redis ``INCR``, consumed
+  by a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the raw loop
+  (``RPOP`` 100, decode, call inline); medians of interleaved runs; also its peak RSS.
+* worker, results=False (reliable mode): the same without keeping return values (results are
+  on by default where the broker has a shared store: two more writes per call).
+* worker --processes 2 vs 1 (reliable mode): the same workload, ``consume(processes=2)`` against
+  one process.
 
 Every key lives under a fresh prefix and is deleted at the end. ``--json`` also prints the
 rows for bench/run_all.py (bench ``redis`` per mode, and ``redis+stream``).
@@ -34,6 +41,7 @@ from collections.abc import Callable
 
 import redis
 
+import callq
 from callq.broker import Connection
 from callq.message import decode, encode, new_meta
 
@@ -47,6 +55,15 @@ def message(i: int) -> bytes:
 
 def raw_message(i: int) -> bytes:
     return json.dumps({"i": i, "name": "x" * 40, "_callq": new_meta()}, separators=(",", ":")).encode()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries the parent's over exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rate(fn: Callable[[], int]) -> float:
@@ -105,6 +122,32 @@ def callq_batched(conn: Connection, n: int, batch: int) -> int:
     return n
 
 
+def raw_push(r: redis.Redis, key: str, n: int) -> int:
+    """What ``push`` does, by hand: build the message (arguments + metadata), JSON, LPUSH."""
+    for i in range(n):
+        r.lpush(key, json.dumps({"a": i, "b": i, "_callq": new_meta()}, separators=(",", ":")).encode())
+    return n
+
+
+def raw_push_pipeline(r: redis.Redis, key: str, n: int, batch: int) -> int:
+    for start in range(0, n, batch):
+        pipe = r.pipeline(transaction=False)
+        for i in range(start, min(n, start + batch)):
+            pipe.lpush(key, json.dumps({"a": i, "b": i, "_callq": new_meta()}, separators=(",", ":")).encode())
+        pipe.execute()
+    return n
+
+
+def _add(a: int, b: int) -> None:
+    return None
+
+
+def callq_push(task: callq.Task, n: int) -> int:
+    for i in range(n):
+        task.push(i, i)
+    return n
+
+
 def callq_consume(conn: Connection, r: redis.Redis, counter: str, n: int, batch: int) -> int:
     got = 0
     while got < n:
@@ -117,33 +160,66 @@ def callq_consume(conn: Connection, r: redis.Redis, counter: str, n: int, batch:
     return got
 
 
-def worker_child(url: str, queue: str, counter: str, n: int, concurrency: int) -> None:
-    """Runs in its own process: consume ``n`` calls with a real worker, print rate and peak RSS."""
-    import callq
+def worker_child(url: str, queue: str, counter: str, n: int, concurrency: int, processes: int) -> None:
+    """Runs in its own process: consume ``n`` calls of add(a, b) (one INCR each); print rate and peak RSS.
 
+    ``processes`` < 0: one process with ``results=False``."""
     r = redis.Redis.from_url(REDIS)
+    options = {"results": False} if processes < 0 else {}
 
-    @callq.task(queue, broker=url, concurrency=concurrency)
-    def work(i: int, name: str) -> None:
+    @callq.task(queue, broker=url, concurrency=concurrency, **options)
+    def add(a: int, b: int) -> None:
         r.incr(counter)
 
     started = time.perf_counter()
-    work.consume()
+    running = add.consume(processes) if processes > 1 else add.consume()
     while int(r.get(counter) or 0) < n:
         time.sleep(0.005)
     elapsed = time.perf_counter() - started
-    work.stop()
+    running.stop()
+    running.join(30)
     callq.stop_all()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rate": n / elapsed, "rss_mb": peak_kb / 1024}), flush=True)
+    print(json.dumps({"rate": n / elapsed, "rss_mb": peak_rss_mb()}), flush=True)
 
 
-def run_worker(url: str, conn: Connection, r: redis.Redis, counter: str, n: int, concurrency: int) -> dict:
-    callq_batched(conn, n, 1000)
+def add_message(i: int) -> bytes:
+    return encode({"a": i, "b": i}, new_meta())
+
+
+def raw_worker_loop(r: redis.Redis, key: str, counter: str, n: int) -> float:
+    """The issue's baseline: RPOP 100 at a time, decode, call add(a, b) (one INCR) inline."""
+    raw_batched_bodies(r, key, [add_message(i) for i in range(n)])
+
+    def add(a: int, b: int) -> None:
+        r.incr(counter)
+
+    started = time.perf_counter()
+    got = 0
+    while got < n:
+        for body in r.rpop(key, 100) or []:
+            kwargs = json.loads(body)
+            del kwargs["_callq"]
+            add(**kwargs)
+            got += 1
+    return n / (time.perf_counter() - started)
+
+
+def raw_batched_bodies(r: redis.Redis, key: str, bodies: list[bytes]) -> None:
+    for start in range(0, len(bodies), 1000):
+        pipe = r.pipeline(transaction=False)
+        for body in bodies[start:start + 1000]:
+            pipe.lpush(key, body)
+        pipe.execute()
+
+
+def run_worker(url: str, conn: Connection, r: redis.Redis, counter: str, n: int, concurrency: int,
+               processes: int = 1) -> dict:
+    conn.publish(QUEUE, [add_message(i) for i in range(n)])
     r.delete(counter)
     try:
         out = subprocess.run(
-            [sys.executable, __file__, "--worker-child", url, QUEUE, counter, str(n), str(concurrency)],
+            [sys.executable, __file__, "--worker-child", url, QUEUE, counter, str(n), str(concurrency),
+             str(processes)],
             capture_output=True, text=True, timeout=120,
         )
     except subprocess.TimeoutExpired:
@@ -152,6 +228,11 @@ def run_worker(url: str, conn: Connection, r: redis.Redis, counter: str, n: int,
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def row(name: str, ours: float, raw: float) -> None:
@@ -165,16 +246,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--consume", type=int, default=9_000)
     ap.add_argument("--fetch", type=int, default=100)
-    ap.add_argument("--worker", type=int, default=10_000)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--worker", type=int, default=20_000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--worker-rounds", type=int, default=3, help="interleaved worker/raw runs (median)")
+    ap.add_argument("--processes", type=int, default=2, help="also run the reliable worker in N processes")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--modes", default="reliable,lmove,fast,stream")
     ap.add_argument("--json", action="store_true", help="also print the rows for bench/run_all.py")
-    ap.add_argument("--worker-child", nargs=5, metavar=("URL", "QUEUE", "COUNTER", "N", "CONCURRENCY"))
+    ap.add_argument("--worker-child", nargs=6, metavar=("URL", "QUEUE", "COUNTER", "N", "CONCURRENCY", "PROCS"))
     args = ap.parse_args()
     if args.worker_child:
-        url, queue, counter, n, concurrency = args.worker_child
-        worker_child(url, queue, counter, int(n), int(concurrency))
+        url, queue, counter, n, concurrency, procs = args.worker_child
+        worker_child(url, queue, counter, int(n), int(concurrency), int(procs))
         return
 
     prefix = f"cqbench-{uuid.uuid4().hex[:8]}"
@@ -232,16 +315,44 @@ def main() -> None:
                 report(f"publish batched ({args.batch}/call)",
                     *best_of(lambda n, c=conn: callq_batched(c, n, args.batch),
                              lambda n: raw_batched(r, raw_key, n, args.batch), args.batched, clear))
+                add = callq.task(QUEUE, broker=url)(_add)
+                report("push 1-by-1", *best_of(lambda n, t=add: callq_push(t, n),
+                                               lambda n: raw_push(r, raw_key, n), args.single, clear))
+                report(f"push_many vs raw pipeline ({args.batch}/pipeline)",
+                       *best_of(lambda n, t=add: len(t.push_many((i, i) for i in range(n))),
+                                lambda n: raw_push_pipeline(r, raw_key, n, args.batch), args.batched, clear))
                 cons, raw_cons = best_of(lambda n, c=conn: callq_consume(c, r, counter, n, args.fetch),
                                          lambda n: raw_consume(r, raw_key, counter, n, args.fetch),
                                          args.consume, fill)
                 report(f"consume loop (fetch {args.fetch} + ack)", cons, raw_cons)
                 if args.worker:
-                    clear(0)
-                    res = run_worker(url, conn, r, counter, args.worker, args.concurrency)
-                    report(f"worker (concurrency {args.concurrency})", res["rate"], raw_cons)
-                    print(f"{'worker peak RSS':<34} {res['rss_mb']:>9.1f} MB", flush=True)
-                    report("worker peak RSS", res["rss_mb"], None, "MB")
+                    # the issue's workload: add(a, b) doing one INCR; medians of interleaved runs
+                    ours, raws, rss = [], [], 0.0
+                    for _ in range(args.worker_rounds):
+                        clear(0)
+                        raws.append(raw_worker_loop(r, raw_key, counter, args.worker))
+                        res = run_worker(url, conn, r, counter, args.worker, args.concurrency)
+                        ours.append(res["rate"])
+                        rss = max(rss, res["rss_mb"])
+                    raw_loop = median(raws)
+                    report(f"worker add(a,b)+INCR (concurrency {args.concurrency})", median(ours), raw_loop)
+                    print(f"{'worker peak RSS':<34} {rss:>9.1f} MB", flush=True)
+                    report("worker peak RSS", rss, None, "MB")
+                    if mode == "reliable":
+                        ours, raws = [], []
+                        for _ in range(args.worker_rounds):
+                            clear(0)
+                            raws.append(raw_worker_loop(r, raw_key, counter, args.worker))
+                            ours.append(run_worker(url, conn, r, counter, args.worker, args.concurrency, -1)["rate"])
+                        report("worker add(a,b)+INCR, results=False", median(ours), median(raws))
+                    if mode == "reliable" and args.processes > 1:
+                        one, many = [], []
+                        for _ in range(args.worker_rounds):
+                            clear(0)
+                            one.append(run_worker(url, conn, r, counter, args.worker, args.concurrency)["rate"])
+                            many.append(run_worker(url, conn, r, counter, args.worker, args.concurrency,
+                                                   args.processes)["rate"])
+                        report(f"worker --processes {args.processes} vs 1", median(many), median(one))
                 clear(0)
             finally:
                 conn.close()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from contextlib import AbstractContextManager
-from time import perf_counter
+from time import monotonic, perf_counter, thread_time
 from typing import TYPE_CHECKING, Any
 
 from . import plugins
@@ -25,17 +27,55 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callq.worker")
 
-CHUNK_SECONDS = 0.002  # work per pool hand-off when calls are very fast
-CHUNK_BELOW = 0.00002  # calls shorter than this (no I/O worth overlapping) go in chunks
+CHUNK_BELOW = 0.002  # calls shorter than this go to the pool in chunks, one thread per chunk
+HANDOFF = 0.00002  # what giving a call its own thread costs under the GIL (CPU, switches), about
+PROBE_EVERY = 1.0  # seconds between trials of one lane while calls run on several
+FIRST_WAIT = 0.02  # how long the first batch waits for its first call to measure the rest
+MAX_LANES = 4  # calls needing more threads than this get one hand-off each (their waits dominate)
 _DLQ = "callq.to_dlq"
+
+
+class _SchedStat:
+    """This thread's CPU time and time spent waiting for a CPU (Linux schedstat), in seconds."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = None  # not Linux: CPU time only
+
+    def read(self) -> tuple[float, float]:
+        if self.fd is None:
+            return thread_time(), 0.0
+        fields = os.pread(self.fd, 64, 0).split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+    def __del__(self) -> None:  # the thread ended (threading.local drops it)
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+_local = threading.local()
+
+
+def _sched() -> _SchedStat:
+    try:
+        return _local.sched  # type: ignore[no-any-return]
+    except AttributeError:
+        _local.sched = _SchedStat()
+        return _local.sched  # type: ignore[no-any-return]
 
 
 class CallRunner:
     """Runs calls for a consumer and settles what came of them."""
 
     def __init__(self: Consumer) -> None:  # type: ignore[misc]
-        self.fn = self.task.fn
+        task = self.task
+        self.fn = task.fn
         self._latency = 1.0  # moving average of call duration (s); unknown = slow
+        self._lanes = task.options.concurrency  # threads short calls need at once (chunks)
+        self._probe_at = 0.0  # next trial of one lane (monotonic)
+        self._need = 1.0  # moving average of the threads short calls need
         self.run = self._execute_async if self.is_async else self._execute
         self.refresh_hooks()
 
@@ -60,22 +100,76 @@ class CallRunner:
     # --- handing calls to the pool -----------------------------------------------------------
 
     def submit_many(self: Consumer, ready: list[CallContext]) -> None:  # type: ignore[misc]
-        """Hand calls to the pool; very fast calls go in chunks so threads hand off less often."""
+        """Hand calls to the pool: short ones in chunks on as few threads as keep up.
+
+        A call shorter than CHUNK_BELOW (on the fast path) goes in a chunk, run in turn by one
+        thread; the batch is split into ``_lanes`` chunks, the threads the calls need at once:
+        Little's law with the CPU under the GIL as the server, wall time / (CPU time + HANDOFF),
+        measured per chunk. One lane and an idle pool: the dispatcher runs the chunk itself.
+        More than MAX_LANES: one call per hand-off (waiting dominates; chunks gain nothing).
+        """
         if not ready:
             return
-        size = 1
-        if self._latency < CHUNK_BELOW and self._fast and not self.is_async:
-            size = min(len(ready), int(CHUNK_SECONDS / max(self._latency, 1e-7)))
-        if size <= 1:
-            for call in ready:
-                self.pool.submit(self.run, call)
-            return
-        for i in range(0, len(ready), size):
-            self.pool.submit(self._execute_chunk, ready[i:i + size])
+        latency = self._latency
+        if self._fast and not self.is_async and latency < CHUNK_BELOW:
+            lanes, pool = self._lanes, self.pool
+            if lanes == 1 and not (pool.busy or pool.pending):
+                self._execute_inline(ready)  # one lane and it is free: no hand-off at all
+                return
+            if lanes > 1 and (now := monotonic()) >= self._probe_at:
+                # on several threads, calls measure each other's GIL waits as waits: now and
+                # then the next batch runs alone (the dispatcher lets the pool drain first)
+                self._probe_at = now + PROBE_EVERY
+                self._lanes = 1
+            if lanes <= MAX_LANES:
+                submit = pool.submit
+                size = max(1, len(ready) // lanes)  # at least ``lanes`` chunks
+                for i in range(0, len(ready), size):
+                    submit(self._execute_chunk, ready[i:i + size])
+                return
+        elif latency == 1.0 and self._fast and not self.is_async:
+            # nothing measured yet: the first call, alone in a chunk, measures what calls need;
+            # if it is short, the rest go by that (no thread started for each of them)
+            self.pool.submit(self._execute_chunk, ready[:1])
+            if self.pool.wait_idle(FIRST_WAIT) and self._latency < 1.0:
+                self.submit_many(ready[1:])
+                return
+            ready = ready[1:]
+        submit, run = self.pool.submit, self.run
+        for call in ready:
+            submit(run, call)
+
+    def _execute_inline(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
+        """Run a chunk in the dispatcher's thread, as the pool would (nothing escapes); the
+        dispatcher flushes the acks itself before its next fetch."""
+        settler = self.settler
+        settler.quiet = True
+        try:
+            self._execute_chunk(chunk)
+        except Exception:  # noqa: BLE001 - as the pool does: a task must never kill its thread
+            log.exception("unexpected error running calls of %s", self.queue)
+        finally:
+            settler.quiet = False
 
     def _execute_chunk(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
+        sched = _sched()
+        wall = perf_counter()
+        cpu, delay = sched.read()
+        execute = self._execute
         for call in chunk:
-            self._execute(call)
+            execute(call)
+        cpu2, delay2 = sched.read()
+        n = len(chunk)
+        wall = (perf_counter() - wall) / n
+        cpu = (cpu2 - cpu) / n
+        self._latency = wall
+        wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
+        need = wall / (cpu + HANDOFF)
+        if self._lanes == 1 and need >= 1:  # one lane measures cleanly; else smooth the noise
+            need = self._need = self._need * 0.75 + need * 0.25
+        else:
+            self._need = need
+        self._lanes = max(1, min(self.options.concurrency, int(need)))
 
     # --- threads -----------------------------------------------------------------------------
 

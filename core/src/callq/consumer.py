@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import plugins
 from .broker import Connection, Delivery, connect
-from .calls import CallRunner
+from .calls import MAX_LANES, CallRunner
 from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
@@ -178,12 +178,17 @@ class Consumer(CallRunner, Stopping):
             self._lock.notify_all()
 
     def _wake_for_acks(self, waiting_acks: int) -> None:
-        # wake the dispatcher (once) when the pool is about to run dry or acks pile up
-        if self._dispatcher_waiting and (self.pool.pending == 0 or waiting_acks >= self._refill_at):
+        # wake the dispatcher (once) when acks pile up or the pool is about to run dry
+        if self._dispatcher_waiting and (waiting_acks >= self._refill_at or self._running_dry()):
             with self._lock:
                 if self._dispatcher_waiting:
                     self._dispatcher_waiting = False
                     self._lock.notify()
+
+    def _running_dry(self) -> bool:
+        # calls in chunks: when a lane is free (a fetch per ack would claim one message at a time)
+        pool, lanes = self.pool, self._lanes
+        return pool.pending == 0 and (lanes > MAX_LANES or pool.busy < lanes)
 
     def _capacity(self) -> int:
         settler = self.settler
@@ -192,7 +197,7 @@ class Consumer(CallRunner, Stopping):
                 settler.flush()
             with self._lock:
                 free = self.limit - (self._unacked - len(self._held))
-                if free > 0:
+                if free >= self._refill_at or free > 0 and self._running_dry():
                     return free
                 self._dispatcher_waiting = True
                 if not settler.to_ack:

@@ -58,6 +58,7 @@ class Settler:
         self.to_requeue: deque[tuple[Delivery, float]] = deque()
         self.wake = threading.Event()
         self.idle = False
+        self.quiet = False  # calls run in the dispatcher's thread, which flushes next: no wake-up
         self.closed = False  # after an abort: the connection is gone, nothing more is settled
         self._failures = 0
 
@@ -67,7 +68,7 @@ class Settler:
         to_ack = self.to_ack
         to_ack.append(delivery)
         self._wake_dispatcher(len(to_ack))
-        if self.idle:
+        if self.idle and not self.quiet:
             self.wake.set()
 
     def requeue(self, deliveries: list[Delivery], delay: float = 0.0) -> None:
