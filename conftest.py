@@ -17,12 +17,14 @@ EXCLUSIVE_FILES = {
     "plugins/sql/tests/test_sql_restart.py",
     "plugins/nats/tests/test_nats_restart.py",
     "plugins/redis/tests/test_redis_hosts.py",
+    "plugins/rabbitmq/tests/test_rabbitmq_quorum.py",  # three extra RabbitMQ nodes, heavy
 }
 EXCLUSIVE_TESTS = (
     "test_redis_delays_arrive_within_50_ms",
     "test_other_native_delays_are_on_time_too",
     "test_distributed_qps_holds_the_total_across_processes",
     "test_qps_paces_calls_evenly",
+    "test_redis_wait_blocks_instead_of_polling",  # counts the shared Redis server's commands
 )
 
 
