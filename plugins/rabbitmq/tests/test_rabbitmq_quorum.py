@@ -36,6 +36,9 @@ def test_quorum_parameters_are_checked() -> None:
 
 class TestRabbitmqQuorumContract(BrokerContract):
     wait_margin = 5.0
+    # three RabbitMQ nodes replicating every message share this 2-core machine with the main
+    # node: half the default concurrency load (once the cluster answered 541 INTERNAL_ERROR)
+    concurrency_messages = 1000
 
     @pytest.fixture
     def broker_url(self, rabbit_cluster: LocalRabbitCluster) -> str:
