@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from callq.broker import Connection
 from callq.errors import ConfigError
 from callq.message import encode, new_meta
 from callq.testing import BrokerContract, drain, fresh_queue_name
+from callq.testing.crash import start_worker, watch_failover
 from callq_rabbitmq.local import LocalRabbitCluster
 
 pytestmark = pytest.mark.slow
@@ -92,13 +90,6 @@ def _leader(cluster: LocalRabbitCluster, queue: str, via: object) -> str:
     return str(next(q["leader"] for q in json.loads(out) if q["name"] == queue))
 
 
-def _ran(workdir: Path) -> Counter[int]:
-    seen: Counter[int] = Counter()
-    for path in workdir.glob("ran-*.log"):
-        seen.update(int(line) for line in path.read_text().split())
-    return seen
-
-
 def test_node_killed_mid_run_nothing_lost(rabbit_cluster: LocalRabbitCluster, tmp_path: Path) -> None:
     """kill -9 of the node that leads the queue and serves one worker's connection: the other
     nodes elect a new leader, that worker reconnects to the next node, nothing is lost."""
@@ -111,30 +102,11 @@ def test_node_killed_mid_run_nothing_lost(rabbit_cluster: LocalRabbitCluster, tm
         for start in range(0, calls, 500):
             conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
         assert _leader(rabbit_cluster, queue, rabbit_cluster.nodes[1]) == victim.name
-        for n, first in enumerate((0, 2)):
-            log = open(tmp_path / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "callq.testing.crash", rabbit_cluster.url(query, first=first), queue,
-                 str(tmp_path), "8"], stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 120
-        while len(_ran(tmp_path)) < calls // 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        before = len(_ran(tmp_path))
-        killed_at = time.monotonic()
-        rabbit_cluster.kill(victim)
-        resumed_at = None
-        while len(_ran(tmp_path)) < calls and time.monotonic() < deadline:
-            if resumed_at is None and len(_ran(tmp_path)) > before + 20:
-                resumed_at = time.monotonic()
-            assert all(w.poll() is None for w in workers), "a worker died"
-            time.sleep(0.05)
-        seen = _ran(tmp_path)
-        lost = set(range(calls)) - set(seen)
-        print(f"rabbitmq quorum: {calls} calls, node {victim.name} killed after {before} ran, work resumed "
-              f"after {(resumed_at or time.monotonic()) - killed_at:.1f}s, all done "
-              f"{time.monotonic() - killed_at:.1f}s after the kill, lost {len(lost)}, "
-              f"duplicates {sum(c - 1 for c in seen.values() if c > 1)}")
-        assert not lost, sorted(lost)[:20]
+        workers = [start_worker(rabbit_cluster.url(query, first=first), queue, tmp_path, 8, n)
+                   for n, first in enumerate((0, 2))]
+        report = watch_failover(workers, tmp_path, calls, lambda: rabbit_cluster.kill(victim), timeout=120)
+        print(f"rabbitmq quorum, node {victim.name} killed: {report}")
+        assert not report.lost, report.lost[:20]
         assert conn.size(queue) == 0  # answered by a surviving node after a reconnect
         assert _leader(rabbit_cluster, queue, rabbit_cluster.nodes[1]) != victim.name
         assert "lost; reconnecting" in (tmp_path / "worker-0.stderr").read_text()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -18,7 +17,7 @@ from callq.broker import Connection
 from callq.errors import BrokerError, ConfigError
 from callq.message import encode, new_meta
 from callq.testing import BrokerContract, drain, fresh_queue_name
-from callq.testing.crash import run_crash_test
+from callq.testing.crash import run_crash_test, start_worker, watch_failover
 from callq_redis.local import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -99,19 +98,6 @@ def test_kill_9_twice_on_the_cluster_loses_nothing(redis_cluster: LocalCluster, 
     assert report.ran_unique == 3000
 
 
-def _ran(workdir: Path) -> Counter[int]:
-    seen: Counter[int] = Counter()
-    for path in workdir.glob("ran-*.log"):
-        seen.update(int(line) for line in path.read_text().split())
-    return seen
-
-
-def _worker(url: str, queue: str, workdir: Path, n: int) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([sys.executable, "-m", "callq.testing.crash", url, queue, str(workdir), "8"],
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
 def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp_path: Path) -> None:
     """kill -9 of the master holding the queue: its replica takes over, two workers carry on,
     every call published before (and replicated: wait=1) runs."""
@@ -124,26 +110,10 @@ def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp
     try:
         for start in range(0, calls, 500):
             conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
-        workers = [_worker(url, queue, tmp_path, n) for n in range(2)]
-        deadline = time.monotonic() + 90
-        while len(_ran(tmp_path)) < calls // 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        before = len(_ran(tmp_path))
-        killed_at = time.monotonic()
-        redis_cluster.kill(master)
-        resumed_at = None
-        while len(_ran(tmp_path)) < calls and time.monotonic() < deadline:
-            if resumed_at is None and len(_ran(tmp_path)) > before + 20:
-                resumed_at = time.monotonic()
-            assert all(w.poll() is None for w in workers), "a worker died"
-            time.sleep(0.05)
-        seen = _ran(tmp_path)
-        lost = set(range(calls)) - set(seen)
-        dups = sum(c - 1 for c in seen.values() if c > 1)
-        gap = (resumed_at or time.monotonic()) - killed_at
-        print(f"cluster failover: {calls} calls, master {master} killed after {before} ran, replica {replica} "
-              f"took over, workers resumed after {gap:.1f}s, lost {len(lost)}, duplicates {dups}")
-        assert not lost, sorted(lost)[:20]
+        workers = [start_worker(url, queue, tmp_path, 8, n) for n in range(2)]
+        report = watch_failover(workers, tmp_path, calls, lambda: redis_cluster.kill(master))
+        print(f"cluster failover, master {master} killed, replica {replica} took over: {report}")
+        assert not report.lost, report.lost[:20]
         assert redis_cluster.master_of_key(f"{prefix}:{{{queue}}}:q") == replica
     finally:
         for w in workers:

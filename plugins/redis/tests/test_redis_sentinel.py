@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from callq.broker import Connection
 from callq.errors import ConfigError
 from callq.message import encode, new_meta
 from callq.testing import drain, fresh_queue_name
+from callq.testing.crash import start_worker, watch_failover
 from callq_redis.local import LocalSentinelGroup
 
 pytestmark = pytest.mark.slow
@@ -46,13 +44,6 @@ def test_round_trip_through_sentinel(redis_sentinel: LocalSentinelGroup, mode: s
         conn.close()
 
 
-def _ran(workdir: Path) -> Counter[int]:
-    seen: Counter[int] = Counter()
-    for path in workdir.glob("ran-*.log"):
-        seen.update(int(line) for line in path.read_text().split())
-    return seen
-
-
 def test_master_killed_mid_run_workers_follow_the_new_master(redis_sentinel: LocalSentinelGroup,
                                                              tmp_path: Path) -> None:
     queue, calls = fresh_queue_name("cq-sentinel"), 2000
@@ -63,30 +54,11 @@ def test_master_killed_mid_run_workers_follow_the_new_master(redis_sentinel: Loc
     try:
         for start in range(0, calls, 500):
             conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
-        for n in range(2):
-            log = open(tmp_path / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
-            workers.append(subprocess.Popen([sys.executable, "-m", "callq.testing.crash", url, queue,
-                                             str(tmp_path), "8"], stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 90
-        while len(_ran(tmp_path)) < calls // 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        before = len(_ran(tmp_path))
-        killed_at = time.monotonic()
-        redis_sentinel.kill(old)
-        resumed_at = None
-        while len(_ran(tmp_path)) < calls and time.monotonic() < deadline:
-            if resumed_at is None and len(_ran(tmp_path)) > before + 20:
-                resumed_at = time.monotonic()
-            assert all(w.poll() is None for w in workers), "a worker died"
-            time.sleep(0.05)
-        seen = _ran(tmp_path)
-        lost = set(range(calls)) - set(seen)
+        workers = [start_worker(url, queue, tmp_path, 8, n) for n in range(2)]
+        report = watch_failover(workers, tmp_path, calls, lambda: redis_sentinel.kill(old))
         new = redis_sentinel.master_port()
-        print(f"sentinel failover: {calls} calls, master {old} killed after {before} ran, new master {new}, "
-              f"workers resumed after {(resumed_at or time.monotonic()) - killed_at:.1f}s, lost {len(lost)}, "
-              f"duplicates {sum(c - 1 for c in seen.values() if c > 1)}")
-        print(f"drained at {time.monotonic() - killed_at:.1f}s after the kill")
-        assert not lost, sorted(lost)[:20]
+        print(f"sentinel failover, master {old} killed, new master {new}: {report}")
+        assert not report.lost, report.lost[:20]
         assert new != old
         warnings = "".join(p.read_text() for p in tmp_path.glob("worker-*.stderr"))
         assert "succeeded again" in warnings  # the retry path logged the way back

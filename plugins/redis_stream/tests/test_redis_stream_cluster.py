@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ import pytest
 from callq.broker import Connection
 from callq.message import encode, new_meta
 from callq.testing import BrokerContract, fresh_queue_name
-from callq.testing.crash import run_crash_test
+from callq.testing.crash import run_crash_test, start_worker, watch_failover
 from callq_redis.local import LocalCluster, LocalSentinelGroup
 
 pytestmark = pytest.mark.slow
@@ -55,13 +52,6 @@ def test_kill_9_twice_on_the_cluster_loses_nothing(redis_cluster: LocalCluster, 
     assert report.ran_unique == 3000
 
 
-def _ran(workdir: Path) -> Counter[int]:
-    seen: Counter[int] = Counter()
-    for path in workdir.glob("ran-*.log"):
-        seen.update(int(line) for line in path.read_text().split())
-    return seen
-
-
 def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp_path: Path) -> None:
     prefix, queue, calls = f"cqsc-{uuid.uuid4().hex[:8]}", fresh_queue_name("cq-sfailover"), 2000
     url = redis_cluster.url(scheme=SCHEME, lease=3, prefix=prefix, wait=1)
@@ -72,22 +62,10 @@ def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp
     try:
         for start in range(0, calls, 500):
             conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
-        for n in range(2):
-            log = open(tmp_path / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
-            workers.append(subprocess.Popen([sys.executable, "-m", "callq.testing.crash", url, queue,
-                                             str(tmp_path), "8"], stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 90
-        while len(_ran(tmp_path)) < calls // 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        redis_cluster.kill(master)
-        while len(_ran(tmp_path)) < calls and time.monotonic() < deadline:
-            assert all(w.poll() is None for w in workers), "a worker died"
-            time.sleep(0.05)
-        seen = _ran(tmp_path)
-        lost = set(range(calls)) - set(seen)
-        print(f"stream cluster failover: {calls} calls, lost {len(lost)}, "
-              f"duplicates {sum(c - 1 for c in seen.values() if c > 1)}")
-        assert not lost, sorted(lost)[:20]
+        workers = [start_worker(url, queue, tmp_path, 8, n) for n in range(2)]
+        report = watch_failover(workers, tmp_path, calls, lambda: redis_cluster.kill(master))
+        print(f"stream cluster failover: {report}")
+        assert not report.lost, report.lost[:20]
         assert redis_cluster.master_of_key(f"{prefix}:s:{queue}") == replica
     finally:
         for w in workers:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,21 +40,63 @@ class CrashReport:
                 f"{self.seconds:.1f}s")
 
 
-def _ran(workdir: Path) -> Counter[int]:
+def ran_calls(workdir: Path) -> Counter[int]:
+    """How often each call ran, from the logs of the workers :func:`start_worker` started."""
     seen: Counter[int] = Counter()
-    for path in workdir.glob("ran-*.log"):
+    for path in Path(workdir).glob("ran-*.log"):
         for line in path.read_text().splitlines():
             if line:
                 seen[int(line)] += 1
     return seen
 
 
-def _start_worker(url: str, queue: str, workdir: Path, concurrency: int, n: int) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
+def start_worker(url: str, queue: str, workdir: Path, concurrency: int = 8, n: int = 0) -> subprocess.Popen[bytes]:
+    """A worker process running calls ``{"i": N}`` of ``queue``, logging each to ``workdir``."""
+    log = open(Path(workdir) / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
         [sys.executable, "-m", "callq.testing.crash", url, queue, str(workdir), str(concurrency)],
         stdout=log, stderr=subprocess.STDOUT,
     )
+
+
+@dataclass(frozen=True)
+class FailoverReport:
+    calls: int
+    ran_before: int
+    resumed_after: float | None  # seconds from the fault until work went on
+    done_after: float  # seconds from the fault until every call ran (or the timeout)
+    lost: list[int]
+    duplicates: int
+
+    def __str__(self) -> str:
+        resumed = f"{self.resumed_after:.1f}s" if self.resumed_after is not None else "never"
+        return (f"{self.calls} calls, fault after {self.ran_before} ran, work resumed after {resumed}, "
+                f"all done {self.done_after:.1f}s after the fault, lost {len(self.lost)}, "
+                f"duplicates {self.duplicates}")
+
+
+def watch_failover(workers: Sequence[subprocess.Popen[bytes]], workdir: Path, calls: int,
+                   fault: Callable[[], None], *, timeout: float = 90.0) -> FailoverReport:
+    """With ``workers`` running calls 0..calls-1, call ``fault()`` (kill a server node) once a
+    third ran; wait until every call ran or ``timeout``. AssertionError if a worker died."""
+    deadline = time.monotonic() + timeout
+    while len(ran_calls(workdir)) < calls // 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    before = len(ran_calls(workdir))
+    fault_at = time.monotonic()
+    fault()
+    resumed_at = None
+    while (ran := len(ran_calls(workdir))) < calls and time.monotonic() < deadline:
+        if resumed_at is None and ran > before + 20:
+            resumed_at = time.monotonic()
+        assert all(w.poll() is None for w in workers), "a worker died"
+        time.sleep(0.05)
+    done_at = time.monotonic()
+    seen = ran_calls(workdir)
+    return FailoverReport(calls=calls, ran_before=before,
+                          resumed_after=None if resumed_at is None else resumed_at - fault_at,
+                          done_after=done_at - fault_at, lost=sorted(set(range(calls)) - set(seen)),
+                          duplicates=sum(c - 1 for c in seen.values() if c > 1))
 
 
 def run_crash_test(broker_url: str, *, calls: int, kills: int = 2, workdir: Path,
@@ -70,17 +113,17 @@ def run_crash_test(broker_url: str, *, calls: int, kills: int = 2, workdir: Path
         for start in range(0, calls, 500):
             conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
         deadline = started + timeout
-        worker = _start_worker(broker_url, queue, workdir, concurrency, 0)
+        worker = start_worker(broker_url, queue, workdir, concurrency, 0)
         for k in range(kills):
             threshold = calls * (k + 1) // (kills + 2)
-            while len(_ran(workdir)) < threshold and time.monotonic() < deadline:
+            while len(ran_calls(workdir)) < threshold and time.monotonic() < deadline:
                 if worker.poll() is not None:
                     raise RuntimeError(f"worker exited early with {worker.returncode}; see {workdir}")
                 time.sleep(0.02)
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
-            worker = _start_worker(broker_url, queue, workdir, concurrency, k + 1)
-        while len(_ran(workdir)) < calls and time.monotonic() < deadline:
+            worker = start_worker(broker_url, queue, workdir, concurrency, k + 1)
+        while len(ran_calls(workdir)) < calls and time.monotonic() < deadline:
             if worker.poll() is not None:
                 raise RuntimeError(f"final worker exited early with {worker.returncode}; see {workdir}")
             time.sleep(0.1)
@@ -90,7 +133,7 @@ def run_crash_test(broker_url: str, *, calls: int, kills: int = 2, workdir: Path
         except subprocess.TimeoutExpired:
             worker.kill()
             code = None
-        seen = _ran(workdir)
+        seen = ran_calls(workdir)
         expected = set(range(calls))
         return CrashReport(
             calls=calls,
