@@ -9,6 +9,7 @@ Used by the contract tests of every broker that claims acks::
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,8 @@ from pathlib import Path
 from ..broker import Connection
 from ..message import encode, new_meta
 from .contract import fresh_queue_name
+
+log = logging.getLogger("callq.testing")
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ def run_crash_test(broker_url: str, *, calls: int, kills: int = 2, workdir: Path
         try:
             conn.purge(queue)
             conn.purge(f"{queue}.dlq")
+        except Exception as exc:  # noqa: BLE001 - cleaning up must not hide the report
+            log.warning("crash test: could not purge %s after the run: %s: %s", queue, type(exc).__name__, exc)
         finally:
             conn.close()
 
