@@ -56,7 +56,8 @@ class LocalRabbitCluster:
     def env(self, node: Node | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
         env.update(HOME=str(self.workdir), RABBITMQ_CONF_ENV_FILE=str(self.workdir / "env.conf"),
-                   ERL_EPMD_ADDRESS="127.0.0.1")
+                   ERL_EPMD_ADDRESS="127.0.0.1",
+                   ERL_CRASH_DUMP=str(self.workdir / "erl_crash.dump"))  # never the caller's cwd
         if node is not None:
             d = self.workdir / node.name.split("@")[0]
             env.update(
@@ -66,6 +67,7 @@ class LocalRabbitCluster:
                 RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"), RABBITMQ_PID_FILE=str(d / "pid"),
                 RABBITMQ_ENABLED_PLUGINS_FILE=str(self.workdir / "enabled_plugins"),
                 RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
+                ERL_CRASH_DUMP=str(d / "erl_crash.dump"),
                 # the Erlang distribution listens on loopback only
                 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
             )
@@ -93,7 +95,7 @@ class LocalRabbitCluster:
         (d / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{node.port}\n")
         out = open(d / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
         node.proc = subprocess.Popen([str(BIN / "rabbitmq-server")], env=self.env(node), stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=d)
 
     def await_up(self, node: Node, timeout: float = 90.0) -> None:
         """Until the node runs its RabbitMQ application (it must first show up in epmd)."""

@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 
 from callq.errors import BrokerError
@@ -96,14 +97,29 @@ class ConnectionPool:
         except sqlite3.Error as exc:
             raise BrokerError(f"sqlite: cannot open {self.path}: {exc}") from exc
         try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            mode = self._enable_wal(db)
+            if mode != "wal":
                 log.warning("sqlite %s: WAL mode refused (journal_mode=%s)", self.path, mode)
             db.execute(f"PRAGMA synchronous={self.synchronous}")
         except sqlite3.Error as exc:
             db.close()
             raise BrokerError(f"sqlite: cannot set up {self.path}: {exc}") from exc
         return db
+
+    def _enable_wal(self, db: sqlite3.Connection) -> str:
+        # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database
+        # is locked" at once (no busy handler) when several processes switch it together.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                if mode == "wal":
+                    return mode
+                return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def checkout(self) -> sqlite3.Connection:
         if self.closed:
