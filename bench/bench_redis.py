@@ -18,8 +18,8 @@ Rows (ratio = callq / raw, higher is better):
 * worker (the issue's workload): 20,000 calls of ``add(a, b)`` doing one Redis ``INCR``, consumed
   by a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the raw loop
   (``RPOP`` 100, decode, call inline); medians of interleaved runs; also its peak RSS.
-* worker, results=False (reliable mode): the same without keeping return values (results are
-  on by default where the broker has a shared store: two more writes per call).
+* worker, results=False (reliable mode and Streams): the same without keeping return values
+  (results are on by default where the broker has a shared store: two more writes per call).
 * worker --processes 2 vs 1 (reliable mode): the same workload, ``consume(processes=2)`` against
   one process.
 
@@ -338,7 +338,7 @@ def main() -> None:
                     report(f"worker add(a,b)+INCR (concurrency {args.concurrency})", median(ours), raw_loop)
                     print(f"{'worker peak RSS':<34} {rss:>9.1f} MB", flush=True)
                     report("worker peak RSS", rss, None, "MB")
-                    if mode == "reliable":
+                    if mode in ("reliable", "stream"):
                         ours, raws = [], []
                         for _ in range(args.worker_rounds):
                             clear(0)

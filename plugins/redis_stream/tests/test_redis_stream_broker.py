@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -138,3 +139,57 @@ def test_lost_read_reply_orphans_are_given_back(prefix: str) -> None:
         assert sorted(d.body for d in got) == [b"o1", b"o2"]
     finally:
         conn.close()
+
+
+def _pending(raw: redis.Redis, prefix: str, queue: str, consumer: str) -> int:
+    return len(raw.xpending_range(f"{prefix}:s:{queue}", "callq", min="-", max="+", count=1000,
+                                  consumername=consumer))
+
+
+def test_an_ack_of_the_fetching_thread_reads_the_next_batch(prefix: str, raw: redis.Redis) -> None:
+    """Ack and next read in one round trip: never more entries held than before the ack."""
+    from callq_redis_stream.broker import READY_FOR
+
+    conn = Connection(url(prefix))
+    queue = fresh_queue_name()
+    consumer = conn.broker.consumer_id
+    try:
+        conn.publish(queue, [f"m{i:02}".encode() for i in range(25)])
+        first = conn.fetch(queue, 10, 1.0)
+        assert [d.body for d in first] == [f"m{i:02}".encode() for i in range(10)]
+        conn.ack(first[:4])
+        assert _pending(raw, prefix, queue, consumer) == 10  # 6 unacked + 4 read with the ack
+        assert conn.size(queue) == 11
+        second = conn.fetch(queue, 10, 1.0)  # the 4 read ahead, no more
+        assert [d.body for d in second] == [f"m{i:02}".encode() for i in range(10, 14)]
+        # an ack from another thread (not the one that fetches) reads nothing
+        other = threading.Thread(target=conn.ack, args=(first[4:] + second,))
+        other.start()
+        other.join()
+        assert _pending(raw, prefix, queue, consumer) == 0
+        assert conn.size(queue) == 11
+        # read ahead but never fetched (a consumer that stopped): back on the stream for anyone
+        third = conn.fetch(queue, 5, 1.0)
+        conn.ack(third)
+        assert _pending(raw, prefix, queue, consumer) == 5
+        time.sleep(READY_FOR * 2 + 0.2)
+        assert _pending(raw, prefix, queue, consumer) == 0
+        assert conn.size(queue) == 6
+        assert sorted(d.body for d in drain(conn, queue, 6)) == [f"m{i:02}".encode() for i in range(19, 25)]
+    finally:
+        conn.close()
+
+
+def test_close_gives_back_entries_read_ahead(prefix: str, raw: redis.Redis) -> None:
+    conn = Connection(url(prefix))
+    queue = fresh_queue_name()
+    conn.publish(queue, [f"c{i}".encode() for i in range(6)])
+    conn.ack(conn.fetch(queue, 3, 1.0))
+    assert _pending(raw, prefix, queue, conn.broker.consumer_id) == 3
+    conn.close()
+    other = Connection(url(prefix))
+    try:
+        assert other.size(queue) == 3
+        assert sorted(d.body for d in drain(other, queue, 3)) == [b"c3", b"c4", b"c5"]
+    finally:
+        other.close()

@@ -1,8 +1,17 @@
 """``redis+stream://host:6379/0?group=callq``: queues on Redis Streams with a consumer group.
 
 One stream per queue (``P:s:QUEUE``), one consumer group (``group``), one consumer name per
-broker instance. Publish is XADD (field ``b`` = body); fetch is XREADGROUP ``>`` with COUNT
-and BLOCK; ack is XACK + XDEL in one transaction, so acked entries do not pile up.
+broker instance. Publish is XADD (field ``b`` = body); fetch is XREADGROUP ``>`` with COUNT in
+a Lua script that replies ids and bodies as one flat array (parsing the nested XREADGROUP reply
+cost more Python per entry than the round trip), then, when nothing was waiting, XREADGROUP
+with BLOCK; ack is XACK + XDEL in the same script, so acked entries do not pile up.
+
+An ack from the thread that fetches the queue (the consumer's dispatcher, which acks and then
+fetches) also reads new entries in the same script: the next fetch hands them out without a
+round trip. It reads at most what that thread's last fetch let the consumer hold (entries held
+then plus its ``max_n``) minus what it still holds, so the bound on prefetch holds on the server
+too; entries read so but not fetched within ``READY_FOR`` (the consumer stopped or paused) go
+back to the end of the stream.
 
 Recovery: a live consumer's heartbeat re-claims its own pending entries (XCLAIM JUSTID, which
 resets their idle time). Entries idle longer than ``0.8 * lease`` therefore belong to a dead
@@ -42,6 +51,8 @@ MAX_BLOCK = 1.0
 CHUNK = 1000
 #: how often (at most) a consumer deletes long-idle consumers without pending entries
 CLEANUP_EVERY = 60.0
+#: entries an ack read for the next fetch go back to the stream if not fetched within this
+READY_FOR = 0.5
 
 # Every script gets the stream as KEYS[1] (routes it to the stream's shard on a cluster).
 # KEYS: stream.  ARGV: group, consumer, min_idle_ms, count.  Re-adds entries idle past
@@ -65,6 +76,27 @@ repeat
   rounds = rounds + 1
 until cursor == '0-0' or rounds >= 20
 return n
+"""
+
+# KEYS: stream.  ARGV: group, consumer, count, id...  Acks and deletes the ids, then reads up to
+# count new entries without blocking (none if count is 0); replies {id, body, id, body...}, body
+# false for an entry that is not callq's (not one field 'b').
+_ACK_READ = r"""
+if #ARGV > 3 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 4))
+end
+if ARGV[3] == '0' then return {} end
+local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if not res then return {} end
+local out, n = {}, 0
+for _, e in ipairs(res[1][2]) do
+  local f = e[2]
+  out[n + 1] = e[1]
+  if f and #f == 2 and f[1] == 'b' then out[n + 2] = f[2] else out[n + 2] = false end
+  n = n + 2
+end
+return out
 """
 
 # KEYS: stream.  ARGV: group, id...  Puts entries still pending back at the end of the stream.
@@ -218,6 +250,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self.rc = RetryingClient(self.target, url, url.float_param("retry", 60.0), connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+        self._ack_read = self.client.register_script(_ACK_READ)
         self._reclaim = self.client.register_script(_RECLAIM)
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._release = self.client.register_script(_RELEASE)
@@ -229,6 +262,11 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self._held: dict[str, set[bytes]] = {}  # queue -> ids handed out, not yet acked
         self._groups: set[str] = set()  # queues whose group we created (or found)
         self._suspect: set[str] = set()  # queues where a read's reply may have been lost
+        self._fetcher: dict[str, int] = {}  # queue -> the thread that last fetched it
+        self._cap: dict[str, int] = {}  # queue -> entries held plus max_n at its last fetch
+        self._ready: dict[str, tuple[float, list[Delivery]]] = {}  # queue -> (read at, entries) read by an ack
+        self._returner: threading.Thread | None = None
+        self._stop = threading.Event()
         self._next_maintenance = 0.0
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY
         self._closed = False
@@ -287,26 +325,35 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self._ensure_group(queue)
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
+        self._fetcher[queue] = threading.get_ident()
+        ready = self._ready.get(queue)
+        # what the caller lets this consumer hold at once (read-ahead never holds more)
+        self._cap[queue] = max_n + len(self._held.get(queue, ())) - (len(ready[1]) if ready else 0)
+        if ready:
+            with self._lock:
+                out = self._pop_ready(queue, max_n)
+            if out:
+                return out
         if queue in self._suspect:
             self._reconcile(queue)
         key = self._key(queue)
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if 0 < remaining <= REDIS_TICK:
-                # Redis ends a BLOCK on its 100 ms timer tick: a short wait is slept here instead,
-                # so the caller (waiting for a held call's due time) gets its answer on time
-                time.sleep(remaining)
-                remaining = 0
-            block_ms = int(min(remaining - REDIS_TICK, self.block) * 1000) if remaining > 0 else None
-            if block_ms is not None and block_ms <= 0:
-                block_ms = None  # BLOCK 0 would wait forever
-
-            def read(b: int | None = block_ms) -> list:
-                return self.client.xreadgroup(self.group, self.consumer_id, {key: ">"}, count=max_n, block=b)
-
             try:
-                res = self.rc.call("fetch", read, on_error=lambda: self._suspect.add(queue))
+                out = self._take(queue, key, max_n)
+                if out or self._closed:
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if remaining <= REDIS_TICK:
+                    # Redis ends a BLOCK on its 100 ms timer tick: a short wait is slept here instead,
+                    # so the caller (waiting for a held call's due time) gets its answer on time
+                    time.sleep(remaining)
+                    continue
+                out = self._wait(queue, key, max_n, max(1, int(min(remaining - REDIS_TICK, self.block) * 1000)))
+                if out:
+                    return out
             except ResponseError as exc:
                 if "WRONGTYPE" in str(exc):
                     self._repair_key(queue)
@@ -317,20 +364,72 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                 log.warning("redis %s: group %s of %s is gone (Redis restarted?); creating it again",
                             self.url, self.group, key)
                 self._ensure_group(queue, force=True)
-                continue
-            if queue in self._suspect:
-                self._reconcile(queue)
-            out: list[Delivery] = []
-            if res:
-                entries = res[0][1]
-                out = [Delivery(_body(fields, msg_id, key, self.url), queue, msg_id)
-                       for msg_id, fields in entries if fields is not None]
-                if out:
+
+    def _take(self, queue: str, key: str, max_n: int) -> list[Delivery]:
+        """Up to ``max_n`` new entries, without blocking (one script call, a flat reply)."""
+        res = self.rc.call("fetch", lambda: self._ack_read(keys=[key], args=[self.group, self.consumer_id, max_n]),
+                           on_error=lambda: self._suspect.add(queue))
+        if queue in self._suspect:
+            self._reconcile(queue)
+        return self._deliveries(queue, key, res)
+
+    def _deliveries(self, queue: str, key: str, res: list) -> list[Delivery]:
+        """The entries of a flat reply of ``_ACK_READ``, recorded as held."""
+        if not res:
+            return []
+        bodies = res[1::2]
+        if None in bodies:  # entries callq did not write: their fields, for the dead-letter queue
+            bodies = [b if b is not None else self._foreign_body(key, i) for i, b in zip(res[0::2], bodies, strict=True)]
+        return self._hand_out(queue, [Delivery(b, queue, i) for i, b in zip(res[0::2], bodies, strict=True)
+                                      if b is not None])
+
+    def _wait(self, queue: str, key: str, max_n: int, block_ms: int) -> list[Delivery]:
+        """Block up to ``block_ms`` for new entries (XREADGROUP BLOCK; a script cannot block)."""
+        res = self.rc.call("fetch", lambda: self.client.xreadgroup(
+            self.group, self.consumer_id, {key: ">"}, count=max_n, block=block_ms),
+            on_error=lambda: self._suspect.add(queue))
+        if queue in self._suspect:
+            self._reconcile(queue)
+        if not res:
+            return []
+        return self._hand_out(queue, [Delivery(_body(fields, msg_id, key, self.url), queue, msg_id)
+                                      for msg_id, fields in res[0][1] if fields is not None])
+
+    def _hand_out(self, queue: str, out: list[Delivery]) -> list[Delivery]:
+        if out:
+            with self._lock:
+                self._held.setdefault(queue, set()).update(d.tag for d in out)
+        return out
+
+    def _pop_ready(self, queue: str, max_n: int) -> list[Delivery]:
+        """Up to ``max_n`` entries an ack read for this queue (under ``_lock``)."""
+        at, ready = self._ready.get(queue, (0.0, []))
+        out = ready[:max_n]
+        if len(ready) > max_n:
+            self._ready[queue] = (at, ready[max_n:])
+        else:
+            self._ready.pop(queue, None)
+        return out
+
+    def _return_stale(self) -> None:
+        """Thread: gives back entries read by an ack that no fetch took within READY_FOR."""
+        while not self._stop.wait(READY_FOR / 2):
+            now = time.monotonic()
+            with self._lock:
+                stale = [q for q, (at, _) in self._ready.items() if now - at >= READY_FOR]
+                back = {q: self._pop_ready(q, CHUNK) for q in stale}
+            for queue, ds in back.items():
+                try:
+                    self.callq_requeue(ds, 0.0)
+                except Exception as exc:  # noqa: BLE001 - kept for the next fetch; close gives them back
+                    log.warning("redis %s: could not give back %d entr(ies) read ahead (%s)", self.url, len(ds), exc)
                     with self._lock:
-                        self._held.setdefault(queue, set()).update(d.tag for d in out)
-                    return out
-            if block_ms is None or time.monotonic() >= deadline or self._closed:
-                return out
+                        at, rest = self._ready.get(queue, (time.monotonic(), []))
+                        self._ready[queue] = (at, ds + rest)
+
+    def _foreign_body(self, key: str, msg_id: bytes) -> bytes | None:
+        entries = self.rc.call("fetch", lambda: self.client.xrange(key, msg_id, msg_id))
+        return _body(entries[0][1], msg_id, key, self.url) if entries else None
 
     def _reconcile(self, queue: str) -> None:
         """Give back entries pending to us that we never handed out (a read whose reply was lost)."""
@@ -360,20 +459,33 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                 held.difference_update(ids)
 
     def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+        me = threading.get_ident()
         for queue, ids in self._by_queue(deliveries).items():
             key = self._key(queue)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-
-                def send(c: list[bytes] = chunk, k: str = key) -> None:
-                    pipe = self.client.pipeline(transaction=True)
-                    pipe.xack(k, self.group, *c)
-                    pipe.xdel(k, *c)
-                    pipe.execute()
-
-                self.rc.call("ack", send)
+                more = 0
+                if self._fetcher.get(queue) == me and queue not in self._ready and start + CHUNK >= len(ids):
+                    # the fetching thread fetches next: read what it may hold, with this ack
+                    more = min(CHUNK, self._cap.get(queue, 0) - len(self._held.get(queue, ())) + len(ids))
+                    more = max(0, more) if not self._closed else 0
+                res = self.rc.call("ack", lambda c=chunk, k=key, m=more: self._ack_read(
+                    keys=[k], args=[self.group, self.consumer_id, m, *c]),
+                    on_error=(lambda q=queue: self._suspect.add(q)) if more else None)
+                if res:
+                    self._read_ahead(queue, self._deliveries(queue, key, res))
             self._forget(queue, ids)
         return len(deliveries)
+
+    def _read_ahead(self, queue: str, out: list[Delivery]) -> None:
+        if not out:
+            return
+        with self._lock:
+            self._ready[queue] = (time.monotonic(), out)
+            if self._returner is None:
+                self._returner = threading.Thread(target=self._return_stale, name="callq-redis-stream-ready",
+                                                  daemon=True)
+                self._returner.start()
 
     def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
         """Re-add at the end of the stream (no native delay: ``delay`` is not honoured)."""
@@ -445,6 +557,9 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         if self._closed:
             return True
         self._closed = True
+        self._stop.set()
+        with self._lock:
+            self._ready.clear()  # pending to us: given back below with the rest
         try:
             self.rc.retry_for = min(self.rc.retry_for, 5.0)
             n = 0
