@@ -148,7 +148,7 @@ def _pending(raw: redis.Redis, prefix: str, queue: str, consumer: str) -> int:
 
 def test_an_ack_of_the_fetching_thread_reads_the_next_batch(prefix: str, raw: redis.Redis) -> None:
     """Ack and next read in one round trip: never more entries held than before the ack."""
-    from callq_redis_stream.broker import READY_FOR
+    from callq_redis_stream.readahead import READY_FOR
 
     conn = Connection(url(prefix))
     queue = fresh_queue_name()

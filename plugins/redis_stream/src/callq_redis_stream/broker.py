@@ -11,7 +11,7 @@ fetches) also reads new entries in the same script: the next fetch hands them ou
 round trip. It reads at most what that thread's last fetch let the consumer hold (entries held
 then plus its ``max_n``) minus what it still holds, so the bound on prefetch holds on the server
 too; entries read so but not fetched within ``READY_FOR`` (the consumer stopped or paused) go
-back to the end of the stream.
+back to the end of the stream (readahead.py).
 
 Recovery: a live consumer's heartbeat re-claims its own pending entries (XCLAIM JUSTID, which
 resets their idle time). Entries idle longer than ``0.8 * lease`` therefore belong to a dead
@@ -43,6 +43,8 @@ from callq_redis.client import RetryingClient
 from callq_redis.state import SharedStateMixin
 from callq_redis.topology import TOPOLOGY_PARAMS, open_target
 
+from .readahead import ReadAhead
+
 log = logging.getLogger("callq.redis_stream")
 
 KNOWN_PARAMS = ("group", "prefix", "lease", "maxlen", "retry", "socket_timeout", "block", "connect_timeout",
@@ -51,8 +53,6 @@ MAX_BLOCK = 1.0
 CHUNK = 1000
 #: how often (at most) a consumer deletes long-idle consumers without pending entries
 CLEANUP_EVERY = 60.0
-#: entries an ack read for the next fetch go back to the stream if not fetched within this
-READY_FOR = 0.5
 
 # Every script gets the stream as KEYS[1] (routes it to the stream's shard on a cluster).
 # KEYS: stream.  ARGV: group, consumer, min_idle_ms, count.  Re-adds entries idle past
@@ -264,9 +264,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self._suspect: set[str] = set()  # queues where a read's reply may have been lost
         self._fetcher: dict[str, int] = {}  # queue -> the thread that last fetched it
         self._cap: dict[str, int] = {}  # queue -> entries held plus max_n at its last fetch
-        self._ready: dict[str, tuple[float, list[Delivery]]] = {}  # queue -> (read at, entries) read by an ack
-        self._returner: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._ready = ReadAhead(lambda ds: self.callq_requeue(ds, 0.0), str(url))
         self._next_maintenance = 0.0
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY
         self._closed = False
@@ -326,12 +324,10 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
         self._fetcher[queue] = threading.get_ident()
-        ready = self._ready.get(queue)
         # what the caller lets this consumer hold at once (read-ahead never holds more)
-        self._cap[queue] = max_n + len(self._held.get(queue, ())) - (len(ready[1]) if ready else 0)
-        if ready:
-            with self._lock:
-                out = self._pop_ready(queue, max_n)
+        self._cap[queue] = max_n + len(self._held.get(queue, ())) - self._ready.count(queue)
+        if queue in self._ready:
+            out = self._ready.pop(queue, max_n)
             if out:
                 return out
         if queue in self._suspect:
@@ -401,32 +397,6 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                 self._held.setdefault(queue, set()).update(d.tag for d in out)
         return out
 
-    def _pop_ready(self, queue: str, max_n: int) -> list[Delivery]:
-        """Up to ``max_n`` entries an ack read for this queue (under ``_lock``)."""
-        at, ready = self._ready.get(queue, (0.0, []))
-        out = ready[:max_n]
-        if len(ready) > max_n:
-            self._ready[queue] = (at, ready[max_n:])
-        else:
-            self._ready.pop(queue, None)
-        return out
-
-    def _return_stale(self) -> None:
-        """Thread: gives back entries read by an ack that no fetch took within READY_FOR."""
-        while not self._stop.wait(READY_FOR / 2):
-            now = time.monotonic()
-            with self._lock:
-                stale = [q for q, (at, _) in self._ready.items() if now - at >= READY_FOR]
-                back = {q: self._pop_ready(q, CHUNK) for q in stale}
-            for queue, ds in back.items():
-                try:
-                    self.callq_requeue(ds, 0.0)
-                except Exception as exc:  # noqa: BLE001 - kept for the next fetch; close gives them back
-                    log.warning("redis %s: could not give back %d entr(ies) read ahead (%s)", self.url, len(ds), exc)
-                    with self._lock:
-                        at, rest = self._ready.get(queue, (time.monotonic(), []))
-                        self._ready[queue] = (at, ds + rest)
-
     def _foreign_body(self, key: str, msg_id: bytes) -> bytes | None:
         entries = self.rc.call("fetch", lambda: self.client.xrange(key, msg_id, msg_id))
         return _body(entries[0][1], msg_id, key, self.url) if entries else None
@@ -473,19 +443,9 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                     keys=[k], args=[self.group, self.consumer_id, m, *c]),
                     on_error=(lambda q=queue: self._suspect.add(q)) if more else None)
                 if res:
-                    self._read_ahead(queue, self._deliveries(queue, key, res))
+                    self._ready.put(queue, self._deliveries(queue, key, res))
             self._forget(queue, ids)
         return len(deliveries)
-
-    def _read_ahead(self, queue: str, out: list[Delivery]) -> None:
-        if not out:
-            return
-        with self._lock:
-            self._ready[queue] = (time.monotonic(), out)
-            if self._returner is None:
-                self._returner = threading.Thread(target=self._return_stale, name="callq-redis-stream-ready",
-                                                  daemon=True)
-                self._returner.start()
 
     def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
         """Re-add at the end of the stream (no native delay: ``delay`` is not honoured)."""
@@ -557,9 +517,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         if self._closed:
             return True
         self._closed = True
-        self._stop.set()
-        with self._lock:
-            self._ready.clear()  # pending to us: given back below with the rest
+        self._ready.close()  # entries read ahead are pending to us: given back below with the rest
         try:
             self.rc.retry_for = min(self.rc.retry_for, 5.0)
             n = 0
