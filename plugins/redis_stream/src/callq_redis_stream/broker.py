@@ -78,17 +78,14 @@ until cursor == '0-0' or rounds >= 20
 return n
 """
 
-# KEYS: stream.  ARGV: group, consumer, count[, 'id id ...']  Acks and deletes the ids (one
-# argument: packing an argument costs more Python than the split in Lua), then reads up to
+# KEYS: stream.  ARGV: group, consumer, count, id...  Acks and deletes the ids, then reads up to
 # count new entries without blocking (none if count is 0); replies {'id id ...', body, body...}
 # (ids in one string: a reply element costs more Python to parse than a split), body false for an
 # entry that is not callq's (not one field 'b').
 _ACK_READ = r"""
-if ARGV[4] then
-  local ids = {}
-  for id in string.gmatch(ARGV[4], '[^ ]+') do ids[#ids + 1] = id end
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-  redis.call('XDEL', KEYS[1], unpack(ids))
+if #ARGV > 3 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 4))
 end
 if ARGV[3] == '0' then return {} end
 local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
@@ -444,7 +441,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                     more = min(CHUNK, self._cap.get(queue, 0) - len(self._held.get(queue, ())) + len(ids))
                     more = max(0, more) if not self._closed else 0
                 res = self.rc.call("ack", lambda c=chunk, k=key, m=more: self._ack_read(
-                    keys=[k], args=[self.group, self.consumer_id, m, b" ".join(c)]),
+                    keys=[k], args=[self.group, self.consumer_id, m, *c]),
                     on_error=(lambda q=queue: self._suspect.add(q)) if more else None)
                 if res:
                     self._ready.put(queue, self._deliveries(queue, key, res))
