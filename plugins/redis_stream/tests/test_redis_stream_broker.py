@@ -193,3 +193,23 @@ def test_close_gives_back_entries_read_ahead(prefix: str, raw: redis.Redis) -> N
         assert sorted(d.body for d in drain(other, queue, 3)) == [b"c3", b"c4", b"c5"]
     finally:
         other.close()
+
+
+def test_read_ahead_appends_and_gives_back_what_no_fetch_took() -> None:
+    from callq.broker import Delivery
+    from callq_redis_stream.readahead import READY_FOR, ReadAhead
+
+    given_back: list[list[bytes]] = []
+    ready = ReadAhead(lambda ds: given_back.append([d.body for d in ds]), "test")
+    try:
+        ready.put("q", [Delivery(b"a", "q", b"1-0"), Delivery(b"b", "q", b"2-0")])
+        ready.put("q", [Delivery(b"c", "q", b"3-0")])  # a second read ahead adds, never replaces
+        assert ready.count("q") == 3
+        assert [d.body for d in ready.pop("q", 1)] == [b"a"]
+        deadline = time.monotonic() + READY_FOR * 4
+        while not given_back and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert given_back == [[b"b", b"c"]]
+        assert "q" not in ready
+    finally:
+        ready.close()

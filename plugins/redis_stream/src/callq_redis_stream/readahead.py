@@ -35,8 +35,12 @@ class ReadAhead:
         return len(ready[1]) if ready else 0
 
     def put(self, queue: str, entries: list[Delivery]) -> None:
+        if not entries:
+            return
         with self._lock:
-            self._ready[queue] = (time.monotonic(), entries)
+            # appended, never replaced: entries dropped here would stay pending to a live consumer
+            at, rest = self._ready.get(queue, (time.monotonic(), []))
+            self._ready[queue] = (at, rest + entries)
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(target=self._loop, name="callq-redis-stream-ready", daemon=True)
                 self._thread.start()
