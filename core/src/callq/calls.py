@@ -76,7 +76,7 @@ class CallRunner:
         self._lanes = task.options.concurrency  # threads short calls need at once (chunks)
         self._probe_at = 0.0  # next trial of one lane (monotonic)
         self._need = 1.0  # moving average of the threads short calls need
-        self.run = self._execute_async if self.is_async else self._execute
+        self.run = self._execute_async if self.is_async else self._execute_one
         self.refresh_hooks()
 
     def refresh_hooks(self: Consumer) -> None:  # type: ignore[misc]
@@ -86,7 +86,10 @@ class CallRunner:
         self._before_hooks = bool(hook.callq_before_call.get_hookimpls())
         self._scope_hooks = bool(hook.callq_call_scope.get_hookimpls())
         self._after_hooks = bool(hook.callq_after_call.get_hookimpls())
+        self._after_many_hooks = bool(hook.callq_after_calls.get_hookimpls())
         controls = self.controls
+        self._watch_start = bool(controls.started_many)  # type: ignore[attr-defined]
+        self._watch_settled = bool(controls.settled_many or self._after_many_hooks)  # type: ignore[attr-defined]
         self._scoped = [c for c in controls.all if c in controls.enter or c in controls.exit]  # type: ignore[attr-defined]
         self._fast = not (self._scoped or controls.settled or self._before_hooks  # type: ignore[attr-defined]
                           or self._scope_hooks or self._after_hooks)
@@ -155,9 +158,12 @@ class CallRunner:
         sched = _sched()
         wall = perf_counter()
         cpu, delay = sched.read()
+        if self._watch_start:
+            self.started_many(chunk)
         execute = self._execute
-        for call in chunk:
-            execute(call)
+        done = [call for call in chunk if execute(call)]
+        if done and self._watch_settled:
+            self.settled_many(done)
         cpu2, delay2 = sched.read()
         n = len(chunk)
         wall = (perf_counter() - wall) / n
@@ -173,15 +179,22 @@ class CallRunner:
 
     # --- threads -----------------------------------------------------------------------------
 
-    def _execute(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+    def _execute_one(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        if self._watch_start:
+            self.started_many([call])
+        if self._execute(call) and self._watch_settled:
+            self.settled_many([call])
+
+    def _execute(self: Consumer, call: CallContext) -> bool:  # type: ignore[misc]
+        """Run one call; True if it was done on the fast path (its observers not told yet)."""
         if self._stopping.is_set():
             self.settler.requeue([call.delivery])
-            return
+            return False
         set_current(call)
         call.started_at = time.time()
         if not self._fast:
             self._run_scoped(call)
-            return
+            return False
         try:
             started = perf_counter()
             call.result = self.fn(**call.kwargs)
@@ -191,11 +204,13 @@ class CallRunner:
             call.finished_at = time.time()
             if call.claim():
                 self.fail(call, exc)
-            return
+            return False
         set_current(None)
+        call.finished_at = time.time()
         call.outcome = "done"
         self.settler.ack(call.delivery)
         next(self._done)
+        return True
 
     def _run_scoped(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         error: BaseException | None = None
@@ -271,6 +286,8 @@ class CallRunner:
         if self._stopping.is_set():
             self.settler.requeue([call.delivery])
             return
+        if self._watch_start:
+            self.started_many([call])
         set_current_async(call)
         call.started_at = time.time()
         error: BaseException | None = None
@@ -290,6 +307,8 @@ class CallRunner:
             call.outcome = "done"
             self.settler.ack(call.delivery)
             next(self._done)
+            if self._watch_settled:
+                self.settled_many([call])
             return
         await asyncio.get_running_loop().run_in_executor(None, self._conclude, call, error)
 
@@ -317,10 +336,13 @@ class CallRunner:
         log.error("malformed message on %s sent to %s: %s", self.queue, self.options.dlq, exc)
         if self.settler.dead_letter_raw(delivery, f"malformed: {exc}"):
             self.count("dead")
-        if self._after_hooks:
+        if self._after_hooks or self._after_many_hooks:  # plugins see it; controls never ran it
             call = CallContext(self, delivery, {}, {})
             call.outcome, call.error, call.reason = "malformed", exc, f"malformed: {exc}"
-            self.call_hook("callq_after_call", call=call)
+            if self._after_hooks:
+                self.call_hook("callq_after_call", call=call)
+            if self._after_many_hooks:
+                self.call_hook("callq_after_calls", calls=[call])
 
     def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         """Act on ``call.outcome``, then tell the controls and plugins."""
@@ -336,6 +358,18 @@ class CallRunner:
             safely(f"{control.name}.settled", control.settled, call)
         if self._after_hooks:
             self.call_hook("callq_after_call", call=call)
+        if self._watch_settled:
+            self.settled_many([call])
+
+    def started_many(self: Consumer, calls: list[CallContext]) -> None:  # type: ignore[misc]
+        for control in self.controls.started_many:  # type: ignore[attr-defined]
+            safely(f"{control.name}.started_many", control.started_many, calls)
+
+    def settled_many(self: Consumer, calls: list[CallContext]) -> None:  # type: ignore[misc]
+        for control in self.controls.settled_many:  # type: ignore[attr-defined]
+            safely(f"{control.name}.settled_many", control.settled_many, calls)
+        if self._after_many_hooks:
+            self.call_hook("callq_after_calls", calls=calls)
 
     def _act(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         outcome = call.outcome

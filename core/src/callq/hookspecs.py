@@ -148,6 +148,14 @@ def callq_after_call(call: CallContext) -> None:
 
 
 @hookspec
+def callq_after_calls(calls: list[CallContext]) -> None:
+    """Calls reached their outcomes: :func:`callq_after_call` in batches, for plugins that
+    only record (history, metrics). Every call is in exactly one batch; a chunk of short
+    calls comes as one. Unlike ``callq_after_call`` it keeps the consumer's fast path.
+    """
+
+
+@hookspec
 def callq_consumer_started(consumer: Consumer) -> None:
     """A consumer started fetching from its queue (raising here stops it from starting)."""
 

@@ -67,13 +67,13 @@ class HistoryPlugin:
         return self._store
 
     @hookimpl
-    def callq_after_call(self, call: Any) -> None:
-        row = row_of(call)
+    def callq_after_calls(self, calls: list[Any]) -> None:
+        rows = [row_of(call) for call in calls]
         if self._pid != os.getpid():
             self._start()
         with self._done:
-            self._pending += 1
-            self._rows.append(row)
+            self._pending += len(rows)
+            self._rows.extend(rows)
         if len(self._rows) >= self.batch:
             self._wake.set()
 

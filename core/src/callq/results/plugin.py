@@ -46,9 +46,12 @@ class Writer:
         self._idle = False
 
     def put(self, url: str, call_id: str, record: Record, ttl: float) -> None:
+        self.put_many([(url, call_id, record, ttl)])
+
+    def put_many(self, items: list[tuple[str, str, Record, float]]) -> None:
         if self._pid != os.getpid():
             self._start()
-        self._items.append((url, call_id, record, ttl))
+        self._items.extend(items)
         if self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
             with self._cond:
                 self._cond.notify()
@@ -114,9 +117,10 @@ atexit.register(writer.flush)
 
 
 class ResultsControl(Control):
-    """Writes ``running`` when the function starts and the final status once the call settled.
+    """Writes ``running`` when a thread takes the call and the final status once it settled.
 
-    Applies only to tasks that keep results, so a task without them keeps the fast path.
+    It only observes (``started_many`` / ``settled_many``), so the consumer keeps its fast path:
+    a chunk of short calls writes its records in one go. Applies only to tasks that keep results.
     """
 
     name = "results"
@@ -133,18 +137,24 @@ class ResultsControl(Control):
         if self.url:
             open_store(self.url)  # a bad store URL fails the consumer's start, not each call
 
-    def enter(self, call: Any) -> None:
-        call_id = call.id
-        if call_id and self.url:
-            writer.put(self.url, call_id, {"id": call_id, "status": "running", "attempt": call.attempt,
-                                           "queue": call.queue, "started_at": call.started_at or time.time()},
-                       self.ttl)
+    def started_many(self, calls: list[Any]) -> None:
+        url, ttl, now = self.url, self.ttl, time.time()
+        writer.put_many([(url, call.id, {"id": call.id, "status": "running", "attempt": call.attempt,
+                                         "queue": call.queue, "started_at": now}, ttl)
+                         for call in calls if call.id])
 
-    def settled(self, call: Any) -> None:
-        call_id = call.id
-        status = STATUS_OF.get(call.outcome or "")
-        if call_id is None or status is None or not self.url:
-            return
+    def settled_many(self, calls: list[Any]) -> None:
+        url, ttl = self.url, self.ttl
+        items = []
+        for call in calls:
+            status = STATUS_OF.get(call.outcome or "")
+            if call.id is not None and status is not None:
+                items.append((url, call.id, self._record(call, status), ttl))
+        if items:
+            writer.put_many(items)
+
+    @staticmethod
+    def _record(call: Any, status: str) -> Record:
         record = _record(call, status)
         if status == "done":
             try:
@@ -152,12 +162,12 @@ class ResultsControl(Control):
                 record["result"] = call.result
             except (TypeError, ValueError) as exc:
                 log.error("%s: call %s returned a %s, which is not JSON; its result is not stored (%s)",
-                          call.task.name, call_id, type(call.result).__name__, exc)
+                          call.task.name, call.id, type(call.result).__name__, exc)
                 record["status"] = "failed"
                 record["error"] = {"type": "TypeError", "traceback": None,
                                    "message": f"the result ({type(call.result).__name__}) is not JSON-serialisable; "
                                               "callq stores JSON results only"}
-        writer.put(self.url, call_id, record, self.ttl)
+        return record
 
     def stop(self) -> None:
         writer.flush()
