@@ -155,18 +155,18 @@ class CallRunner:
             settler.quiet = False
 
     def _execute_chunk(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
-        sched = _sched()
-        wall = perf_counter()
-        cpu, delay = sched.read()
         if self._watch_start:
             self.started_many(chunk)
+        sched = _sched()  # measures the calls only: observers' writes say nothing of their needs
+        wall = perf_counter()
+        cpu, delay = sched.read()
         execute = self._execute
         done = [call for call in chunk if execute(call)]
-        if done and self._watch_settled:
-            self.settled_many(done)
         cpu2, delay2 = sched.read()
         n = len(chunk)
         wall = (perf_counter() - wall) / n
+        if done and self._watch_settled:
+            self.settled_many(done)
         cpu = (cpu2 - cpu) / n
         self._latency = wall
         wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
