@@ -163,6 +163,21 @@ class Connection:
     def fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         return self.hook.callq_fetch(queue=queue, max_n=max_n, timeout=timeout)
 
+    @property
+    def acks_with_fetch(self) -> bool:
+        """Whether the broker acks and fetches in one round trip (``callq_ack_fetch``)."""
+        return bool(self.hook.callq_ack_fetch.get_hookimpls())
+
+    def ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        """Ack ``deliveries``, then fetch: in one round trip where the broker can."""
+        if not deliveries:
+            return self.fetch(queue, max_n, timeout)
+        if self.acks_with_fetch:
+            return self.hook.callq_ack_fetch(deliveries=deliveries, queue=queue, max_n=max_n,  # type: ignore[no-any-return]
+                                             timeout=timeout)
+        self.ack(deliveries)
+        return self.fetch(queue, max_n, timeout)
+
     def ack(self, deliveries: Sequence[Delivery]) -> int:
         return self.hook.callq_ack(deliveries=deliveries) if deliveries else 0
 

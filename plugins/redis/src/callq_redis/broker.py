@@ -176,12 +176,27 @@ class RedisBroker(SharedStateMixin, BrokerBase):
     # --- fetch ---------------------------------------------------------------------------
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        return self._fetch(queue, max_n, timeout, [])
+
+    def callq_ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int,
+                        timeout: float) -> list[Delivery]:
+        if self.mode != "reliable" or max_n <= 0 or any(d.queue != queue for d in deliveries):
+            self.callq_ack(deliveries)
+            return self.callq_fetch(queue, max_n, timeout)
+        return self._fetch(queue, max_n, timeout, [d.tag for d in deliveries])
+
+    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes]) -> list[Delivery]:
+        """``acks``: in-flight fields to delete in the first claim's round trip (reliable mode)."""
         if max_n <= 0:
             return []
         deadline = time.monotonic() + timeout
         base = self._list_key(queue)
         while True:
-            out, next_due_ms, has_levels = self._take(queue, max_n)
+            out, next_due_ms, has_levels = self._take(queue, max_n, acks)
+            if acks:
+                with self._lock:
+                    self._held_fields.get(queue, set()).difference_update(acks)
+                acks = []
             if out or self._closed:
                 return out
             remaining = deadline - time.monotonic()
@@ -213,8 +228,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 # nothing but returns as soon as it is non-empty; the claim script then takes.
                 self.rc.call("fetch", lambda w=wait: self.client.blmove(base, base, w, "RIGHT", "RIGHT"))
 
-    def _take(self, queue: str, max_n: int) -> tuple[list[Delivery], int, bool]:
-        """One claim round trip: (deliveries, ms until the next delayed message or -1, has levels)."""
+    def _take(self, queue: str, max_n: int, acks: Sequence[bytes] = ()) -> tuple[list[Delivery], int, bool]:
+        """One claim round trip: (deliveries, ms until the next delayed message or -1, has levels).
+        ``acks`` (reliable mode): in-flight fields deleted first, in the same script."""
         b = self._base(queue)
         suspect = partial(self._suspect.add, queue)
         if self.mode == "lmove":
@@ -243,7 +259,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                     seq = self._seq
                     self._seq += max_n
                 return self._claim(keys=keys, args=[b, self.consumer_id, max_n, seq, self.dead_after_ms,
-                                                    1 if track else 0])
+                                                    1 if track else 0, *acks])
 
             res = self.rc.call("fetch", claim, on_error=suspect if track else None)
             if track:
