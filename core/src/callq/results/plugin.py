@@ -152,11 +152,12 @@ class ResultsControl(Control):
             open_store(self.url)  # a bad store URL fails the consumer's start, not each call
 
     def started_many(self, calls: list[Any]) -> None:
-        url, ttl, now = self.url, self.ttl, time.time()
-        # a chunk's records are written when it ends (running ones then replaced by final ones)
-        writer.put_many([(url, call.id, {"id": call.id, "status": "running", "attempt": call.attempt,
-                                         "queue": call.queue, "started_at": now}, ttl)
-                         for call in calls if call.id], wake=len(calls) == 1)
+        if len(calls) > 1:
+            return  # a chunk of short calls: its final records are written when it ends
+        call = calls[0]
+        if call.id:
+            writer.put(self.url, call.id, {"id": call.id, "status": "running", "attempt": call.attempt,
+                                           "queue": call.queue, "started_at": time.time()}, self.ttl)
 
     def settled_many(self, calls: list[Any]) -> None:
         url, ttl = self.url, self.ttl
