@@ -1,8 +1,8 @@
-"""Running one call: controls and plugin scopes around it, its outcome, and acting on it.
+"""Running calls: handing them to the pool (alone or in chunks), controls and plugin scopes
+around each, and its outcome (acted on by :mod:`callq.outcomes`).
 
 A mixin of :class:`callq.consumer.Consumer`. The hot path (no control or plugin needs a
-phase around the call) runs the function and acks, nothing else. An exception in a plugin's
-hook is logged and the call still settles.
+phase around the call) runs the function and acks, nothing else.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import plugins
 from .context import CallContext, set_current, set_current_async
-from .controls import Drop, Verdict, safely
-from .message import MalformedMessage
+from .controls import Verdict
 
 if TYPE_CHECKING:
-    from .broker import Delivery
     from .consumer import Consumer
 
 log = logging.getLogger("callq.worker")
@@ -32,7 +30,6 @@ HANDOFF = 0.00002  # what giving a call its own thread costs under the GIL (CPU,
 PROBE_EVERY = 1.0  # seconds between trials of one lane while calls run on several
 FIRST_WAIT = 0.02  # how long the first batch waits for its first call to measure the rest
 MAX_LANES = 4  # calls needing more threads than this get one hand-off each (their waits dominate)
-_DLQ = "callq.to_dlq"
 
 
 class _SchedStat:
@@ -93,12 +90,6 @@ class CallRunner:
         self._scoped = [c for c in controls.all if c in controls.enter or c in controls.exit]  # type: ignore[attr-defined]
         self._fast = not (self._scoped or controls.settled or self._before_hooks  # type: ignore[attr-defined]
                           or self._scope_hooks or self._after_hooks)
-
-    def call_hook(self: Consumer, name: str, **kwargs: Any) -> None:  # type: ignore[misc]
-        try:
-            getattr(self.conn.hook, name)(**kwargs)
-        except Exception:  # noqa: BLE001
-            log.exception("plugin hook %s failed (ignored)", name)
 
     # --- handing calls to the pool -----------------------------------------------------------
 
@@ -311,98 +302,3 @@ class CallRunner:
                 self.settled_many([call])
             return
         await asyncio.get_running_loop().run_in_executor(None, self._conclude, call, error)
-
-    # --- outcomes ----------------------------------------------------------------------------
-
-    def fail(self: Consumer, call: CallContext, error: BaseException) -> None:  # type: ignore[misc]
-        """The call failed (the caller claimed it): the retry policy decides what comes next."""
-        call.error = error
-        call.outcome = "dead"
-        call.reason = "failed"
-        for control in self.controls.classify:  # type: ignore[attr-defined]
-            safely(f"{control.name}.classify", control.classify, call)
-        self.finish(call)
-
-    def verdict(self: Consumer, call: CallContext, verdict: Verdict) -> None:  # type: ignore[misc]
-        call.outcome = verdict.outcome
-        call.reason = verdict.reason
-        if isinstance(verdict, Drop) and verdict.to_dlq:
-            call.stash[_DLQ] = True
-        call.retry_delay = getattr(verdict, "delay", 0.0)
-        self.finish(call)
-
-    def malformed(self: Consumer, delivery: Delivery, exc: MalformedMessage) -> None:  # type: ignore[misc]
-        self.count("malformed")
-        log.error("malformed message on %s sent to %s: %s", self.queue, self.options.dlq, exc)
-        if self.settler.dead_letter_raw(delivery, f"malformed: {exc}"):
-            self.count("dead")
-        if self._after_hooks or self._after_many_hooks:  # plugins see it; controls never ran it
-            call = CallContext(self, delivery, {}, {})
-            call.outcome, call.error, call.reason = "malformed", exc, f"malformed: {exc}"
-            if self._after_hooks:
-                self.call_hook("callq_after_call", call=call)
-            if self._after_many_hooks:
-                self.call_hook("callq_after_calls", calls=[call])
-
-    def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
-        """Act on ``call.outcome``, then tell the controls and plugins."""
-        if self.aborted:
-            return  # its message went back to the queue when the consumer stopped at once
-        try:
-            self._act(call)
-        except Exception as exc:  # noqa: BLE001 - never leave a delivery unsettled
-            log.exception("could not settle %r; dead-lettering it with its raw body", call)
-            self.settler.dead_letter_raw(call.delivery, f"could not settle ({call.outcome}): "
-                                                        f"{type(exc).__name__}: {exc}")
-        for control in self.controls.settled:  # type: ignore[attr-defined]
-            safely(f"{control.name}.settled", control.settled, call)
-        if self._after_hooks:
-            self.call_hook("callq_after_call", call=call)
-        if self._watch_settled:
-            self.settled_many([call])
-
-    def started_many(self: Consumer, calls: list[CallContext]) -> None:  # type: ignore[misc]
-        for control in self.controls.started_many:  # type: ignore[attr-defined]
-            safely(f"{control.name}.started_many", control.started_many, calls)
-
-    def settled_many(self: Consumer, calls: list[CallContext]) -> None:  # type: ignore[misc]
-        for control in self.controls.settled_many:  # type: ignore[attr-defined]
-            safely(f"{control.name}.settled_many", control.settled_many, calls)
-        if self._after_many_hooks:
-            self.call_hook("callq_after_calls", calls=calls)
-
-    def _act(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
-        outcome = call.outcome
-        settler = self.settler
-        if outcome == "done":
-            settler.ack(call.delivery)
-            next(self._done)
-        elif outcome == "retry":
-            exc = call.error
-            log.warning("%s failed (attempt %d/%d): %s: %s; retrying in %.2fs", self.task.name,
-                        call.attempt + 1, self.options.max_retries + 1, type(exc).__name__, exc, call.retry_delay)
-            self.count("failed")
-            settler.retry(call)
-            self.count("retried")
-        elif outcome == "requeue":
-            self.count("requeued")
-            settler.requeue([call.delivery], call.retry_delay)
-        elif outcome == "dead":
-            exc = call.error
-            self.count("failed")
-            log.error("%s failed for good after %d attempt(s): %s: %s; dead-lettered to %s", self.task.name,
-                      call.attempt + 1, type(exc).__name__, exc, self.options.dlq)
-            settler.dead_letter(call, call.reason or "failed")
-            self.count("dead")
-        elif outcome in ("expired", "skipped"):
-            self.count(outcome)
-            if call.stash.get(_DLQ):
-                log.warning("%s: %s %s; dead-lettered", self.queue, call.id, call.reason)
-                settler.dead_letter(call, call.reason or outcome)
-                self.count("dead")
-            else:
-                log.log(logging.WARNING if outcome == "expired" else logging.INFO,
-                        "%s: %s %s: %s", self.queue, outcome, call.id, call.reason)
-                settler.ack(call.delivery)
-        else:
-            raise ValueError(f"unknown outcome {outcome!r}")

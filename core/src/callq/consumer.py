@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .held import HeldCalls
 from .lifecycle import register_running, report_crash
 from .message import MalformedMessage, decode
+from .outcomes import Outcomes
 from .pool import AsyncioPool, ElasticPool
 from .settle import HOST, Settler
 from .state import StateStore
@@ -65,7 +66,7 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-class Consumer(CallRunner, Stopping):
+class Consumer(CallRunner, Outcomes, Stopping):
     """Consumes one task's queue in this process."""
 
     def __init__(self, task: Task[Any, Any]) -> None:
