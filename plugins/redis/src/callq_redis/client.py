@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import redis
@@ -93,6 +94,17 @@ class RetryingClient:
             if isinstance(exc, _PERMANENT):
                 raise
             result = self._retry(what, fn, on_error, exc)
+        self.connected = True
+        return result
+
+    def run(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        """``call(what, partial(fn, *args))`` without building the partial (the publish path)."""
+        try:
+            result = fn(*args)
+        except _TRANSIENT as exc:
+            if isinstance(exc, _PERMANENT):
+                raise
+            result = self._retry(what, partial(fn, *args), None, exc)
         self.connected = True
         return result
 
