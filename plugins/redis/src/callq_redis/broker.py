@@ -34,7 +34,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
-from .client import RetryingClient
+from .client import HeldConnection, RetryingClient
 from .state import SharedStateMixin
 from .topology import TOPOLOGY_PARAMS, open_target
 
@@ -93,6 +93,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self.client = self.target.client
         self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
+        self._held = HeldConnection(self.client)  # publish's one LPUSH, without the pool's checkout
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = self.client.register_script(_lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
@@ -144,7 +145,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             if key is None:
                 key = self._queue_key(queue)
             if bodies:
-                self.rc.run("publish", self.client.lpush, key, *bodies)
+                self.rc.run("publish", self._held.execute, "LPUSH", key, *bodies)
             return len(bodies)
         if not bodies:
             return 0
@@ -423,6 +424,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked messages on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
+            self._held.close()
             self.rc.close()
         return True
 
