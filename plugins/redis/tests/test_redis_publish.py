@@ -113,3 +113,23 @@ def test_a_forked_child_publishes_on_its_own_connection(conn: Connection) -> Non
     conn.publish(queue, _bodies(1, 1))
     assert conn.broker._held.conn is parents
     assert _numbers(conn, queue, 3) == [0, 1, 100]
+
+
+def _child_publishes_on_the_held_connection(conn: Connection, queue: str) -> None:
+    held = conn.broker._held
+    assert held.conn is None  # the parent's socket is not the child's
+    conn.publish(queue, _bodies(1, 200))
+    assert held.conn is not None  # the lock the parent's publisher held at the fork is a new one
+
+
+def test_a_fork_while_a_publish_holds_the_connection_leaves_the_child_a_free_one(conn: Connection) -> None:
+    queue = fresh_queue_name()
+    conn.publish(queue, _bodies(1))
+    held = conn.broker._held
+    with held.lock:  # as if another thread were publishing at the fork
+        child = multiprocessing.get_context("fork").Process(
+            target=_child_publishes_on_the_held_connection, args=(conn, queue))
+        child.start()
+        child.join(30)
+    assert child.exitcode == 0
+    assert _numbers(conn, queue, 2) == [0, 200]

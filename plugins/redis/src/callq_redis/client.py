@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
@@ -171,6 +172,11 @@ class HeldConnection:
         self.conn: object | None = None
         self.pid = 0
         self.until = 0.0  # monotonic time to give the connection back
+        _held.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()  # another thread may have held it at the fork
+        self.conn = None  # the parent's socket
 
     def execute(self, *args: object) -> object:
         pool = self.pool
@@ -207,3 +213,14 @@ class HeldConnection:
             conn, self.conn = self.conn, None
             if conn is not None and self.pid == os.getpid() and self.pool is not None:
                 self.pool.release(conn)
+
+
+_held: weakref.WeakSet[HeldConnection] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for held in list(_held):
+        held._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
