@@ -34,7 +34,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
-from .client import RetryingClient
+from .client import HeldConnection, RetryingClient
 from .state import SharedStateMixin
 from .topology import TOPOLOGY_PARAMS, open_target
 
@@ -93,6 +93,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self.client = self.target.client
         self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
+        self._held = HeldConnection(self.client)  # publish's one LPUSH, without the pool's checkout
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = self.client.register_script(_lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
@@ -111,6 +112,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self._seq = 0
         self._suspect: set[str] = set()  # queues where a claim failed in transit: look for orphans
         self._queues: set[str] = set()  # fetched from: heartbeats keep us alive there
+        self._queue_keys: dict[str, str] = {}  # queue -> its level-0 list key (publish)
         self._closed = False
 
     # --- keys ----------------------------------------------------------------------------
@@ -122,6 +124,14 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         b = self._base(queue)
         return f"{b}:q" if level == 0 else f"{b}:qp{level}"
 
+    def _queue_key(self, queue: str) -> str:
+        """``_list_key(queue)``, remembered for publish (a bounded cache: queue names are few)."""
+        key = self._list_key(queue)
+        if len(self._queue_keys) >= 1024:
+            self._queue_keys.clear()
+        self._queue_keys[queue] = key
+        return key
+
     def _own(self, queue: str, what: str) -> str:
         """This consumer's ``inflight`` hash or ``proc`` list of ``queue``."""
         return f"{self._base(queue)}:{what}:{self.consumer_id}"
@@ -129,6 +139,14 @@ class RedisBroker(SharedStateMixin, BrokerBase):
     # --- publish -------------------------------------------------------------------------
 
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        if not priority and delay <= 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
+            # the common case, one LPUSH: the list key from a cache, no closure
+            key = self._queue_keys.get(queue)
+            if key is None:
+                key = self._queue_key(queue)
+            if bodies:
+                self.rc.run("publish", self._held.execute, "LPUSH", key, *bodies)
+            return len(bodies)
         if not bodies:
             return 0
         level = int(priority) if priority and self.mode != "lmove" else 0
@@ -148,7 +166,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             return len(bodies)
         key = self._list_key(queue, level)
         if level == 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
-            self.rc.call("publish", partial(self.client.lpush, key, *bodies))
+            self.rc.run("publish", self.client.lpush, key, *bodies)
             return len(bodies)
 
         def send(pipe: object) -> None:
@@ -422,6 +440,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked messages on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
+            self._held.close()
             self.rc.close()
         return True
 
