@@ -162,6 +162,17 @@ class HistoryPlugin:
         self._wake.set()
 
     @hookimpl
+    def callq_consumer_started(self, consumer: Any) -> None:
+        # open the store (import SQLAlchemy, create the table) now, not in the first chunk of calls
+        if self._pid != os.getpid():
+            self._start()  # a forked child gets its own store, never the parent's pool
+        try:
+            _ = self.store
+        except Exception as exc:  # noqa: BLE001 - the database may be down: the writes retry
+            log.warning("call history store %s not reachable at start: %s: %s",
+                        self.url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
+
+    @hookimpl
     def callq_consumer_stopped(self, consumer: Any) -> None:
         self.flush()
 
