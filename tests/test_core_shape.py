@@ -307,6 +307,55 @@ class BrokenStart:
         raise RuntimeError("cannot start")
 
 
+class Batches:
+    def __init__(self):
+        self.batches = []
+
+    @hookimpl
+    def callq_after_calls(self, calls):
+        self.batches.append([(call.kwargs.get("n"), call.outcome) for call in calls])
+
+
+def test_after_calls_sees_every_outcome_once_in_batches_and_keeps_the_fast_path(mem_url):
+    rec = Batches()
+    with plugin(rec):
+        name = q()
+
+        @callq.task(name, broker=mem_url, max_retries=1, retry_backoff=0, stop_when_idle=0.5, concurrency=4)
+        def f(n):
+            if n == -1:
+                raise ValueError("always")
+            return n
+
+        f.push_many((i,) for i in range(2000))
+        f.push(-1)
+        f.connection.publish(name, [b"not json"])
+        f.consume()
+        fast = f._consumer._fast
+        assert f._consumer.join(30)
+    assert fast, "a recording plugin must not take calls off the fast path"
+    seen = Counter(item for batch in rec.batches for item in batch)
+    assert all(seen[(i, "done")] == 1 for i in range(2000)), "every call once"
+    assert seen[(-1, "retry")] == 1 and seen[(-1, "dead")] == 1 and seen[(None, "malformed")] == 1
+    assert sum(seen.values()) == 2003
+    assert max(len(b) for b in rec.batches) > 1, "short calls come in batches"
+    assert len(rec.batches) < 1000
+
+
+def test_results_keep_the_fast_path_and_store_every_call(mem_url):
+    @callq.task(q(), broker=mem_url, stop_when_idle=0.5, concurrency=4)
+    def f(n):
+        return n * 2
+
+    handles = [f.push(i) for i in range(300)]
+    f.consume()
+    c = f._consumer
+    assert "results" in c.controls.names() and c._fast
+    assert not c.controls.enter and not c.controls.settled
+    assert [h.result(timeout=30) for h in handles] == [i * 2 for i in range(300)]
+    assert c.join(30)
+
+
 def test_defect2_failing_start_hook_leaves_nothing_running(mem_url):
     @callq.task(q(), broker=mem_url)
     def f():

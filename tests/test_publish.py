@@ -1,11 +1,17 @@
+import dataclasses
 import datetime as dt
+import enum
 import json
 import time
+import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import callq
 from callq.errors import ConfigError
+from callq.message import decode, encode, new_meta
 
 
 @pytest.fixture
@@ -124,3 +130,102 @@ def test_push_many_batches_tuples_and_dicts(add):
         add.push_many([1])
     assert add.clear() == 2100
     assert add.size() == 0
+
+
+# --- the push fast path: orjson for plain values, hooks read again when plugins change ----------
+
+
+@given(st.dictionaries(st.text(max_size=8).filter(lambda k: k != "_callq"),
+                       st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+                       | st.floats(allow_nan=False, allow_infinity=False), max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_encode_writes_plain_values_as_the_stdlib_would(kwargs):
+    meta = new_meta()
+    stdlib = json.dumps({**kwargs, "_callq": meta}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    body = encode(kwargs, meta)
+    assert json.loads(body) == json.loads(stdlib)
+    if all(not isinstance(v, int) or -(2**63) <= v < 2**64 for v in kwargs.values()):
+        assert decode(body) == (kwargs, meta)  # (orjson reads wider integers as floats)
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Size(enum.IntEnum):
+    BIG = 3
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), dt.datetime.now(dt.timezone.utc),
+                                   dt.date(2026, 1, 1), uuid.uuid4(), Color.RED, Point(1), b"bytes"])
+def test_encode_refuses_what_json_cannot_carry(value):
+    with pytest.raises(TypeError, match="argument 'v' is not JSON-serialisable"):
+        encode({"v": value}, new_meta())
+
+
+def test_encode_keeps_the_stdlib_for_the_rest():
+    """Big integers, lone surrogates' neighbours, int subclasses and nested values: as before."""
+    meta = new_meta()
+    for value in (2**70, -(2**64), Size.BIG, [1, [2.5, None]], {"k": {"n": "\u2028é😀"}}, "\u2028é😀"):
+        assert json.loads(encode({"v": value}, meta)) == {"v": value, "_callq": meta}
+    assert json.loads(encode({"v": 1}, {**meta, "eta": 1.5, "parent": "p"}))["_callq"]["parent"] == "p"
+    with pytest.raises(TypeError, match="metadata is not JSON-serialisable"):
+        encode({"v": 1}, {**meta, "eta": float("nan")})
+
+
+def test_push_checks_required_keyword_only_arguments(mem_url):
+    @callq.task("kwonly", broker=mem_url)
+    def f(a, *, b):
+        return a
+
+    with pytest.raises(TypeError, match="missing a required argument: 'b'"):
+        f.push(1)
+    f.push(1, b=2)
+    assert _bodies(f, 5)[0]["b"] == 2
+
+
+class _Hooks:
+    def __init__(self):
+        self.before, self.after, self.wrapped = [], [], 0
+
+    @callq.hookimpl
+    def callq_before_publish(self, queue, messages):
+        for m in messages:
+            m["_callq"]["trace"] = "t"
+        self.before.append(len(messages))
+
+    @callq.hookimpl
+    def callq_after_publish(self, queue, ids, messages):
+        self.after.append(list(ids))
+
+    @callq.hookimpl(wrapper=True)
+    def callq_publish(self, queue, bodies, delay, priority):
+        self.wrapped += len(bodies)
+        return (yield)
+
+
+def test_plugins_registered_after_pushes_still_see_them(add):
+    add.push(1)
+    add.push_many([(2,), (3,)])  # the fast path is warm: no plugin
+    hooks = _Hooks()
+    callq.register(hooks, name="test-late-publish-hooks")
+    try:
+        h = add.push(4)
+        ids = add.push_many([(5,), (6,)])
+    finally:
+        callq.unregister(hooks)
+    add.push(7)
+    assert hooks.before == [1, 2] and hooks.after == [[h], list(ids)] and hooks.wrapped == 3
+    traces = {b["a"]: b["_callq"].get("trace") for b in _bodies(add, 20)}
+    assert traces == {1: None, 2: None, 3: None, 4: "t", 5: "t", 6: "t", 7: None}
+
+
+def test_push_many_ids_are_unique_and_in_order(add):
+    ids = add.push_many((i, i) for i in range(2500))
+    assert len(set(ids)) == 2500 and all(isinstance(i, str) and len(i) == 32 for i in ids)
+    assert [b["_callq"]["id"] for b in _bodies(add, 2500)] == ids

@@ -193,6 +193,18 @@ def test_memory_store_expires_and_stays_bounded() -> None:
     assert store.get("1") is None and store.get("n299") == {"status": "done", "result": 299}
 
 
+def test_memory_store_mixed_ttls_and_overwrites() -> None:
+    store = MemoryResultStore("memory://mixed?max=1000")
+    store.put_many([("long", {"status": "done"}, 60)])
+    store.put_many([("short", {"status": "running"}, 0.05)])
+    store.put_many([("kept", {"status": "running"}, 0.05), ("kept", {"status": "done", "result": 1}, 60)])
+    time.sleep(0.1)
+    store.put_many([("later", {"status": "done"}, 60)])
+    assert store.get("short") is None, "past its TTL, even behind a longer one"
+    assert store.get("kept") == {"status": "done", "result": 1}, "an overwrite keeps the newer TTL"
+    assert store.get("long") == {"status": "done"}
+
+
 def test_handle_from_another_process(prefix: str, tmp_path: Path) -> None:
     url = f"{REDIS}?prefix={prefix}"
     divide, _ = _tasks(url)

@@ -1,8 +1,8 @@
-"""Running one call: controls and plugin scopes around it, its outcome, and acting on it.
+"""Running calls: handing them to the pool (alone or in chunks), controls and plugin scopes
+around each, and its outcome (acted on by :mod:`callq.outcomes`).
 
 A mixin of :class:`callq.consumer.Consumer`. The hot path (no control or plugin needs a
-phase around the call) runs the function and acks, nothing else. An exception in a plugin's
-hook is logged and the call still settles.
+phase around the call) runs the function and acks, nothing else.
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import plugins
 from .context import CallContext, set_current, set_current_async
-from .controls import Drop, Verdict, safely
-from .message import MalformedMessage
+from .controls import Verdict
 
 if TYPE_CHECKING:
-    from .broker import Delivery
     from .consumer import Consumer
 
 log = logging.getLogger("callq.worker")
@@ -32,7 +30,6 @@ HANDOFF = 0.00002  # what giving a call its own thread costs under the GIL (CPU,
 PROBE_EVERY = 1.0  # seconds between trials of one lane while calls run on several
 FIRST_WAIT = 0.02  # how long the first batch waits for its first call to measure the rest
 MAX_LANES = 4  # calls needing more threads than this get one hand-off each (their waits dominate)
-_DLQ = "callq.to_dlq"
 
 
 class _SchedStat:
@@ -76,7 +73,7 @@ class CallRunner:
         self._lanes = task.options.concurrency  # threads short calls need at once (chunks)
         self._probe_at = 0.0  # next trial of one lane (monotonic)
         self._need = 1.0  # moving average of the threads short calls need
-        self.run = self._execute_async if self.is_async else self._execute
+        self.run = self._execute_async if self.is_async else self._execute_one
         self.refresh_hooks()
 
     def refresh_hooks(self: Consumer) -> None:  # type: ignore[misc]
@@ -86,16 +83,13 @@ class CallRunner:
         self._before_hooks = bool(hook.callq_before_call.get_hookimpls())
         self._scope_hooks = bool(hook.callq_call_scope.get_hookimpls())
         self._after_hooks = bool(hook.callq_after_call.get_hookimpls())
+        self._after_many_hooks = bool(hook.callq_after_calls.get_hookimpls())
         controls = self.controls
+        self._watch_start = bool(controls.started_many)  # type: ignore[attr-defined]
+        self._watch_settled = bool(controls.settled_many or self._after_many_hooks)  # type: ignore[attr-defined]
         self._scoped = [c for c in controls.all if c in controls.enter or c in controls.exit]  # type: ignore[attr-defined]
         self._fast = not (self._scoped or controls.settled or self._before_hooks  # type: ignore[attr-defined]
                           or self._scope_hooks or self._after_hooks)
-
-    def call_hook(self: Consumer, name: str, **kwargs: Any) -> None:  # type: ignore[misc]
-        try:
-            getattr(self.conn.hook, name)(**kwargs)
-        except Exception:  # noqa: BLE001
-            log.exception("plugin hook %s failed (ignored)", name)
 
     # --- handing calls to the pool -----------------------------------------------------------
 
@@ -152,15 +146,18 @@ class CallRunner:
             settler.quiet = False
 
     def _execute_chunk(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
-        sched = _sched()
+        if self._watch_start:
+            self.started_many(chunk)
+        sched = _sched()  # measures the calls only: observers' writes say nothing of their needs
         wall = perf_counter()
         cpu, delay = sched.read()
         execute = self._execute
-        for call in chunk:
-            execute(call)
+        done = [call for call in chunk if execute(call)]
         cpu2, delay2 = sched.read()
         n = len(chunk)
         wall = (perf_counter() - wall) / n
+        if done and self._watch_settled:
+            self.settled_many(done)
         cpu = (cpu2 - cpu) / n
         self._latency = wall
         wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
@@ -173,15 +170,22 @@ class CallRunner:
 
     # --- threads -----------------------------------------------------------------------------
 
-    def _execute(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+    def _execute_one(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
+        if self._watch_start:
+            self.started_many([call])
+        if self._execute(call) and self._watch_settled:
+            self.settled_many([call])
+
+    def _execute(self: Consumer, call: CallContext) -> bool:  # type: ignore[misc]
+        """Run one call; True if it was done on the fast path (its observers not told yet)."""
         if self._stopping.is_set():
             self.settler.requeue([call.delivery])
-            return
+            return False
         set_current(call)
         call.started_at = time.time()
         if not self._fast:
             self._run_scoped(call)
-            return
+            return False
         try:
             started = perf_counter()
             call.result = self.fn(**call.kwargs)
@@ -191,11 +195,13 @@ class CallRunner:
             call.finished_at = time.time()
             if call.claim():
                 self.fail(call, exc)
-            return
+            return False
         set_current(None)
+        call.finished_at = time.time()
         call.outcome = "done"
         self.settler.ack(call.delivery)
         next(self._done)
+        return True
 
     def _run_scoped(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
         error: BaseException | None = None
@@ -271,6 +277,8 @@ class CallRunner:
         if self._stopping.is_set():
             self.settler.requeue([call.delivery])
             return
+        if self._watch_start:
+            self.started_many([call])
         set_current_async(call)
         call.started_at = time.time()
         error: BaseException | None = None
@@ -290,85 +298,7 @@ class CallRunner:
             call.outcome = "done"
             self.settler.ack(call.delivery)
             next(self._done)
+            if self._watch_settled:
+                self.settled_many([call])
             return
         await asyncio.get_running_loop().run_in_executor(None, self._conclude, call, error)
-
-    # --- outcomes ----------------------------------------------------------------------------
-
-    def fail(self: Consumer, call: CallContext, error: BaseException) -> None:  # type: ignore[misc]
-        """The call failed (the caller claimed it): the retry policy decides what comes next."""
-        call.error = error
-        call.outcome = "dead"
-        call.reason = "failed"
-        for control in self.controls.classify:  # type: ignore[attr-defined]
-            safely(f"{control.name}.classify", control.classify, call)
-        self.finish(call)
-
-    def verdict(self: Consumer, call: CallContext, verdict: Verdict) -> None:  # type: ignore[misc]
-        call.outcome = verdict.outcome
-        call.reason = verdict.reason
-        if isinstance(verdict, Drop) and verdict.to_dlq:
-            call.stash[_DLQ] = True
-        call.retry_delay = getattr(verdict, "delay", 0.0)
-        self.finish(call)
-
-    def malformed(self: Consumer, delivery: Delivery, exc: MalformedMessage) -> None:  # type: ignore[misc]
-        self.count("malformed")
-        log.error("malformed message on %s sent to %s: %s", self.queue, self.options.dlq, exc)
-        if self.settler.dead_letter_raw(delivery, f"malformed: {exc}"):
-            self.count("dead")
-        if self._after_hooks:
-            call = CallContext(self, delivery, {}, {})
-            call.outcome, call.error, call.reason = "malformed", exc, f"malformed: {exc}"
-            self.call_hook("callq_after_call", call=call)
-
-    def finish(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
-        """Act on ``call.outcome``, then tell the controls and plugins."""
-        if self.aborted:
-            return  # its message went back to the queue when the consumer stopped at once
-        try:
-            self._act(call)
-        except Exception as exc:  # noqa: BLE001 - never leave a delivery unsettled
-            log.exception("could not settle %r; dead-lettering it with its raw body", call)
-            self.settler.dead_letter_raw(call.delivery, f"could not settle ({call.outcome}): "
-                                                        f"{type(exc).__name__}: {exc}")
-        for control in self.controls.settled:  # type: ignore[attr-defined]
-            safely(f"{control.name}.settled", control.settled, call)
-        if self._after_hooks:
-            self.call_hook("callq_after_call", call=call)
-
-    def _act(self: Consumer, call: CallContext) -> None:  # type: ignore[misc]
-        outcome = call.outcome
-        settler = self.settler
-        if outcome == "done":
-            settler.ack(call.delivery)
-            next(self._done)
-        elif outcome == "retry":
-            exc = call.error
-            log.warning("%s failed (attempt %d/%d): %s: %s; retrying in %.2fs", self.task.name,
-                        call.attempt + 1, self.options.max_retries + 1, type(exc).__name__, exc, call.retry_delay)
-            self.count("failed")
-            settler.retry(call)
-            self.count("retried")
-        elif outcome == "requeue":
-            self.count("requeued")
-            settler.requeue([call.delivery], call.retry_delay)
-        elif outcome == "dead":
-            exc = call.error
-            self.count("failed")
-            log.error("%s failed for good after %d attempt(s): %s: %s; dead-lettered to %s", self.task.name,
-                      call.attempt + 1, type(exc).__name__, exc, self.options.dlq)
-            settler.dead_letter(call, call.reason or "failed")
-            self.count("dead")
-        elif outcome in ("expired", "skipped"):
-            self.count(outcome)
-            if call.stash.get(_DLQ):
-                log.warning("%s: %s %s; dead-lettered", self.queue, call.id, call.reason)
-                settler.dead_letter(call, call.reason or outcome)
-                self.count("dead")
-            else:
-                log.log(logging.WARNING if outcome == "expired" else logging.INFO,
-                        "%s: %s %s: %s", self.queue, outcome, call.id, call.reason)
-                settler.ack(call.delivery)
-        else:
-            raise ValueError(f"unknown outcome {outcome!r}")

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .held import HeldCalls
 from .lifecycle import register_running, report_crash
 from .message import MalformedMessage, decode
+from .outcomes import Outcomes
 from .pool import AsyncioPool, ElasticPool
 from .settle import HOST, Settler
 from .state import StateStore
@@ -65,7 +66,7 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-class Consumer(CallRunner, Stopping):
+class Consumer(CallRunner, Outcomes, Stopping):
     """Consumes one task's queue in this process."""
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -103,6 +104,7 @@ class Consumer(CallRunner, Stopping):
         if opts.dedup or opts.distributed_qps:
             _ = self.state  # fail now, not in the middle of a run, if there is no shared store
         self.settler = Settler(self.conn, opts, self._on_settled, self._wake_for_acks)
+        self._acks_with_fetch = self.conn.acks_with_fetch  # waiting acks travel with the next fetch
         self.controls = ControlSet.build(self)
         CallRunner.__init__(self)
 
@@ -191,16 +193,20 @@ class Consumer(CallRunner, Stopping):
         return pool.pending == 0 and (lanes > MAX_LANES or pool.busy < lanes)
 
     def _capacity(self) -> int:
+        """Messages to fetch now. Acks waiting to go with that fetch count as done: the broker
+        applies them before it claims (bounded prefetch holds there too)."""
         settler = self.settler
+        with_fetch = self._acks_with_fetch
         while not self._stopping.is_set():
-            if settler.pending():
+            if settler.to_requeue or settler.to_ack and not with_fetch:
                 settler.flush()
             with self._lock:
-                free = self.limit - (self._unacked - len(self._held))
+                going = len(settler.to_ack) if with_fetch else 0
+                free = self.limit - (self._unacked - len(self._held) - going)
                 if free >= self._refill_at or free > 0 and self._running_dry():
                     return free
                 self._dispatcher_waiting = True
-                if not settler.to_ack:
+                if with_fetch or not settler.to_ack:
                     self._lock.wait(self._wait_step())
                 self._dispatcher_waiting = False
             self._release_due()
@@ -235,10 +241,13 @@ class Consumer(CallRunner, Stopping):
                     break
                 for c in limits:
                     free = c.limit(free)
+                acks = self.settler.take_acks() if self._acks_with_fetch else []
                 try:
-                    deliveries = self.conn.fetch(self.queue, free, self._wait_step())
+                    deliveries = self.conn.ack_fetch(acks, self.queue, free, self._wait_step())
+                    self.settler.acked(len(acks))
                     backoff = 0.5
                 except Exception as exc:  # noqa: BLE001 - the broker reconnects; we keep going
+                    self.settler.untake(acks)
                     log.warning("fetch from %s failed (%s: %s); retrying in %.1fs",
                                 self.queue, type(exc).__name__, exc, backoff)
                     self._stopping.wait(backoff)

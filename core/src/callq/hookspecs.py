@@ -74,6 +74,16 @@ def callq_ack(deliveries: Sequence[Delivery]) -> int:
 
 
 @hookspec(firstresult=True)
+def callq_ack_fetch(deliveries: Sequence[Delivery], queue: str, max_n: int, timeout: float) -> list[Delivery]:
+    """Optional: :func:`callq_ack` ``deliveries``, then :func:`callq_fetch`, in one round trip.
+
+    Once it returns, the acks are done, whatever the fetch got; if it raises, the acks may or
+    may not be done (acking twice is harmless). Brokers without it get ``callq_ack`` then
+    ``callq_fetch``. A plugin that wraps ``callq_ack`` should wrap this too.
+    """
+
+
+@hookspec(firstresult=True)
 def callq_requeue(deliveries: Sequence[Delivery], delay: float) -> int:
     """Put ``deliveries`` back on their queue, visible again after ``delay`` seconds."""
 
@@ -144,6 +154,14 @@ def callq_after_call(call: CallContext) -> None:
     ``dead`` (dead-lettered), ``expired`` (expired or misfired), ``skipped`` (dedup) or
     ``malformed`` (undecodable; dead-lettered with its raw body). ``call.result`` /
     ``call.error`` / ``call.traceback`` tell the rest; ``call.stash`` holds plugins' data.
+    """
+
+
+@hookspec
+def callq_after_calls(calls: list[CallContext]) -> None:
+    """Calls reached their outcomes: :func:`callq_after_call` in batches, for plugins that
+    only record (history, metrics). Every call is in exactly one batch; a chunk of short
+    calls comes as one. Unlike ``callq_after_call`` it keeps the consumer's fast path.
     """
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from random import getrandbits as _getrandbits
 from typing import Any
 
@@ -19,6 +19,9 @@ META_KEY = "_callq"
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 _loads = json.loads
 _fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
+#: value types orjson writes exactly as the stdlib does (floats too, when finite)
+_PLAIN = frozenset((str, int, bool, type(None)))
 
 
 class MalformedMessage(ValueError):
@@ -45,6 +48,11 @@ def encode(kwargs: Mapping[str, Any], meta: Mapping[str, Any], *, where: str = "
         raise TypeError(f"{where}: argument name {META_KEY!r} is reserved by callq")
     payload = dict(kwargs)
     payload[META_KEY] = meta
+    if _plain(kwargs.values()) and _plain(meta.values()):
+        try:
+            return _fast_dumps(payload)
+        except TypeError:  # an int beyond 64 bits, a lone surrogate, a non-str key: the stdlib decides
+            pass
     try:
         return _dumps(payload).encode()
     except (TypeError, ValueError) as exc:
@@ -57,6 +65,20 @@ def encode(kwargs: Mapping[str, Any], meta: Mapping[str, Any], *, where: str = "
                     f"({type(value).__name__}: {inner}); callq sends JSON only"
                 ) from None
         raise TypeError(f"{where}: metadata is not JSON-serialisable ({exc})") from None
+
+
+def _plain(values: Iterable[Any]) -> bool:
+    """Only str, int, bool, None and finite floats: orjson encodes these (~0.3 µs) as the stdlib
+    would (~2.7 µs). Anything else takes the stdlib, which refuses NaN, datetimes, UUIDs,
+    dataclasses and plain enums where orjson would write null or a string."""
+    for v in values:
+        t = type(v)
+        if t is float:
+            if v - v != 0.0:  # NaN or infinity
+                return False
+        elif t not in _PLAIN:
+            return False
+    return True
 
 
 def decode(body: bytes) -> tuple[dict[str, Any], dict[str, Any]]:

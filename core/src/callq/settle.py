@@ -121,6 +121,21 @@ class Settler:
     def pending(self) -> bool:
         return bool(self.to_ack or self.to_requeue)
 
+    def take_acks(self) -> list[Delivery]:
+        """The acks waiting, for the caller to send (with a fetch): then :meth:`acked` or :meth:`untake`."""
+        return [] if self.closed else _drain(self.to_ack)
+
+    def acked(self, n: int) -> None:
+        if n:
+            self._failures = 0
+            self._on_settled(n)
+
+    def untake(self, deliveries: list[Delivery]) -> None:
+        """Sending them failed: the acker retries them (acking twice is harmless)."""
+        if deliveries:
+            self.to_ack.extend(deliveries)
+            self.wake.set()
+
     def flush(self) -> int:
         if self.closed:
             return 0

@@ -47,6 +47,7 @@ class Task(Generic[P, R]):
         self._positional: tuple[str, ...] | None = tuple(
             p.name for p in self._signature.parameters.values()
             if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD) if plain else None
+        self._by_position = self._positional is not None and self._required.issubset(self._positional)
         self._consumer: Consumer | None = None
         self._consumer_lock = threading.Lock()
         check_task_controls(options)
@@ -74,10 +75,10 @@ class Task(Generic[P, R]):
         kwargs = self._bind(args, kwargs)
         meta = new_meta()
         conn = self.connection
-        hook = conn.hook
-        if hook.callq_before_publish.get_hookimpls() or hook.callq_after_publish.get_hookimpls():
+        direct = conn.direct_publish()
+        if direct is None or conn.publish_hooks():
             return AsyncResult(self._publish_many([kwargs], meta=meta)[0], self)
-        conn.publish(self.options.queue, [encode(kwargs, meta, where=self.name)])
+        direct(self.options.queue, [encode(kwargs, meta, where=self.name)], 0.0, None)
         return AsyncResult(meta["id"], self)
 
     def publish(
@@ -154,6 +155,8 @@ class Task(Generic[P, R]):
         names = self._positional
         if names is None or len(args) > len(names):
             return None
+        if not kwargs and len(args) == len(names) and self._by_position:
+            return dict(zip(names, args))  # every positional parameter given, no required keyword-only
         out = dict(zip(names, args))
         for key, value in kwargs.items():
             if key in out or key not in self._allowed:  # type: ignore[operator]
@@ -167,6 +170,11 @@ class Task(Generic[P, R]):
                       priority: int | None = None) -> list[str]:
         conn = self.connection
         metas = [meta] if meta is not None else [new_meta() for _ in calls]
+        where = self.name
+        if not conn.publish_hooks():  # nothing to show the messages to: encode them as they are
+            conn.publish(self.options.queue, [encode(kwargs, m, where=where) for kwargs, m in zip(calls, metas)],
+                         delay=_native_delay(conn, meta), priority=priority)
+            return [m["id"] for m in metas]
         messages = []
         for kwargs, m in zip(calls, metas):
             message = dict(kwargs)
@@ -178,13 +186,9 @@ class Task(Generic[P, R]):
         bodies = []
         for message in messages:
             m = message.pop("_callq")
-            bodies.append(encode(message, m, where=self.name))
+            bodies.append(encode(message, m, where=where))
             message["_callq"] = m
-        delay = 0.0
-        eta = metas[0].get("eta") if meta is not None else None
-        if eta is not None and conn.capabilities.native_delay:
-            delay = max(0.0, eta - time.time())
-        conn.publish(self.options.queue, bodies, delay=delay, priority=priority)
+        conn.publish(self.options.queue, bodies, delay=_native_delay(conn, meta), priority=priority)
         ids = [m["_callq"]["id"] for m in messages]
         after = conn.hook.callq_after_publish
         if after.get_hookimpls():
@@ -308,6 +312,14 @@ def _parameters(fn: Callable[..., Any], sig: inspect.Signature) -> tuple[frozens
         if p.default is inspect.Parameter.empty:
             required.add(p.name)
     return frozenset(required), (frozenset(allowed) if allowed is not None else None)
+
+
+def _native_delay(conn: Connection, meta: dict[str, Any] | None) -> float:
+    """Seconds until the call's eta (read after the hooks), for a broker that delays natively."""
+    eta = meta.get("eta") if meta is not None else None
+    if eta is not None and conn.capabilities.native_delay:
+        return max(0.0, eta - time.time())
+    return 0.0
 
 
 def _due(countdown: float | None, eta: dt.datetime | float | None) -> float | None:

@@ -19,6 +19,10 @@ Phases, in the order a message meets them:
 * ``classify(call)`` (after a failure): set ``call.outcome`` (retry / requeue / dead) and
   ``call.retry_delay``.
 * ``settled(call)`` (after the outcome was acted on).
+* ``started_many(calls)`` / ``settled_many(calls)``: observers that only look (results,
+  metrics): the calls a thread is about to run, and calls whose outcome was acted on, in
+  batches (a chunk of short calls at once). Unlike ``enter`` and ``settled`` they keep the
+  consumer's fast path; ``settled_many`` sees every call ``settled`` sees, once.
 * ``tick(now)`` (monitor thread, every ``tick_every`` seconds); ``start()`` / ``stop()``.
 
 Options: a control may declare ``Options`` (a dataclass); the task's
@@ -135,10 +139,15 @@ class Control:
 
     def settled(self, call: CallContext) -> None: ...
 
+    def started_many(self, calls: list[CallContext]) -> None: ...
+
+    def settled_many(self, calls: list[CallContext]) -> None: ...
+
     def tick(self, now: float) -> None: ...
 
 
-PHASES = ("start", "stop", "gate", "limit", "admit", "pace", "enter", "exit", "classify", "settled", "tick")
+PHASES = ("start", "stop", "gate", "limit", "admit", "pace", "enter", "exit", "classify", "settled",
+          "started_many", "settled_many", "tick")
 
 
 def registered_controls() -> dict[str, type[Control]]:

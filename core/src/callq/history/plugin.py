@@ -35,9 +35,15 @@ def default_url() -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(base, "callq", "history.db"))
 
 
+#: a chunk of calls inserts the waiting rows itself once this many wait: the same work as
+#: the writer thread's, without that thread holding the GIL while the calls wait for it
+SYNC_ROWS = 500
+
+
 class HistoryPlugin:
-    """Collects rows in memory; a background thread inserts them every ``flush_interval``
-    seconds (or at once when ``batch`` rows wait) and prunes old rows every ``prune_interval``."""
+    """Collects rows in memory; under load the threads running chunks of calls insert them
+    (``SYNC_ROWS`` at a time), else a background thread does every ``flush_interval`` seconds
+    (at once when ``batch`` rows wait); it prunes old rows every ``prune_interval``."""
 
     def __init__(self, url: str | None = None, *, max_age: float | None = MAX_AGE, max_rows: int | None = MAX_ROWS,
                  flush_interval: float = 0.5, batch: int = 2000, prune_interval: float = 60.0) -> None:
@@ -55,6 +61,7 @@ class HistoryPlugin:
         self._closed = False
         self._lock = threading.Lock()
         self._store: Any = None
+        self._last_write = 0.0
         self.written = 0
         atexit.register(self.flush)
 
@@ -67,14 +74,16 @@ class HistoryPlugin:
         return self._store
 
     @hookimpl
-    def callq_after_call(self, call: Any) -> None:
-        row = row_of(call)
+    def callq_after_calls(self, calls: list[Any]) -> None:
+        rows = [row_of(call) for call in calls]
         if self._pid != os.getpid():
             self._start()
         with self._done:
-            self._pending += 1
-            self._rows.append(row)
-        if len(self._rows) >= self.batch:
+            self._pending += len(rows)
+            self._rows.extend(rows)
+        if len(calls) > 1 and len(self._rows) >= SYNC_ROWS:
+            self._write()
+        elif len(self._rows) >= self.batch:
             self._wake.set()
 
     def _start(self) -> None:
@@ -93,9 +102,10 @@ class HistoryPlugin:
     def _loop(self) -> None:
         pruned = 0.0  # prune once at start, then every prune_interval
         while not self._closed:
-            self._wake.wait(self.flush_interval)
+            woke = self._wake.wait(self.flush_interval)
             self._wake.clear()
-            self._write()
+            if woke or time.monotonic() - self._last_write >= self.flush_interval:
+                self._write()
             if self._closed:
                 return
             if time.monotonic() - pruned > self.prune_interval:
@@ -106,6 +116,7 @@ class HistoryPlugin:
                     log.warning("pruning call history failed: %s: %s", type(exc).__name__, exc)
 
     def _write(self) -> None:
+        self._last_write = time.monotonic()
         while self._rows:
             chunk = []
             pop = self._rows.popleft
@@ -116,11 +127,13 @@ class HistoryPlugin:
                 pass
             try:
                 self.store.insert_many(chunk)
-                self.written += len(chunk)
+                written = len(chunk)
             except Exception as exc:  # noqa: BLE001 - the database may be down: keep the calls running
                 log.error("could not write %d call history row(s) to %s: %s: %s", len(chunk),
                           self.url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
+                written = 0
             with self._done:
+                self.written += written
                 self._pending -= len(chunk)
                 self._done.notify_all()
 
@@ -147,6 +160,17 @@ class HistoryPlugin:
         self.flush()
         self._closed = True
         self._wake.set()
+
+    @hookimpl
+    def callq_consumer_started(self, consumer: Any) -> None:
+        # open the store (import SQLAlchemy, create the table) now, not in the first chunk of calls
+        if self._pid != os.getpid():
+            self._start()  # a forked child gets its own store, never the parent's pool
+        try:
+            _ = self.store
+        except Exception as exc:  # noqa: BLE001 - the database may be down: the writes retry
+            log.warning("call history store %s not reachable at start: %s: %s",
+                        self.url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
 
     @hookimpl
     def callq_consumer_stopped(self, consumer: Any) -> None:

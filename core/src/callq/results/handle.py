@@ -42,13 +42,14 @@ class AsyncResult(str):
     rebuild one: ``AsyncResult(id, task=f)`` or ``AsyncResult(id, store="redis://...")``.
     """
 
-    _task: Any
-    _store_url: str | None
+    _task: Any = None
+    _store_url: str | None = None
 
     def __new__(cls, call_id: str, task: Any = None, *, store: str | None = None) -> AsyncResult:
-        obj = super().__new__(cls, call_id)
+        obj = str.__new__(cls, call_id)
         obj._task = task
-        obj._store_url = store
+        if store is not None:  # the class default otherwise: one attribute set less per push
+            obj._store_url = store
         return obj
 
     def __reduce__(self) -> Any:

@@ -32,24 +32,30 @@ LINGER = 0.002
 
 
 class Writer:
-    """Batches ``(store url, id, record, ttl)`` writes in a background thread.
+    """Batches ``(store url, id, record, ttl)`` writes, in order.
 
-    A put wakes the thread only when it sleeps; once awake it gathers what arrives within
-    :data:`LINGER` and writes it in one round trip per store.
+    A put wakes the background thread only when it sleeps; once awake it gathers what
+    arrives within :data:`LINGER` and writes it in one round trip per store. A thread that
+    ran a chunk of calls writes their records itself (:meth:`drain`): one round trip per
+    chunk, and no writer thread holding the GIL while the next calls wait for it.
     """
 
     def __init__(self) -> None:
         self._items: deque[tuple[str, str, Record, float]] = deque()
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()  # one batch at a time: records land in order
         self._pid = 0
         self._busy = False
         self._idle = False
 
     def put(self, url: str, call_id: str, record: Record, ttl: float) -> None:
+        self.put_many([(url, call_id, record, ttl)])
+
+    def put_many(self, items: list[tuple[str, str, Record, float]], wake: bool = True) -> None:
         if self._pid != os.getpid():
             self._start()
-        self._items.append((url, call_id, record, ttl))
-        if self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
+        self._items.extend(items)
+        if wake and self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
             with self._cond:
                 self._cond.notify()
 
@@ -58,6 +64,7 @@ class Writer:
             if self._pid == os.getpid():
                 return
             self._cond = threading.Condition()
+            self._write_lock = threading.Lock()
             self._items = deque(self._items) if self._pid == 0 else deque()
             threading.Thread(target=self._loop, name="callq-results", daemon=True).start()
             self._pid = os.getpid()
@@ -74,7 +81,14 @@ class Writer:
                 self._busy = True
             if len(self._items) < 500:
                 time.sleep(LINGER)
-            self._write_batch()
+            with self._write_lock:
+                self._write_batch()
+
+    def drain(self) -> None:
+        """Write what waits, in this thread."""
+        with self._write_lock:
+            while self._items:
+                self._write_batch()
 
     def _write_batch(self) -> None:
         # by store, then by id: a later record of a call (done) replaces an earlier one (running)
@@ -105,6 +119,9 @@ class Writer:
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.05))
+        if not self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False  # a drain is still writing
+        self._write_lock.release()
         return True
 
 
@@ -114,9 +131,10 @@ atexit.register(writer.flush)
 
 
 class ResultsControl(Control):
-    """Writes ``running`` when the function starts and the final status once the call settled.
+    """Writes ``running`` when a thread takes the call and the final status once it settled.
 
-    Applies only to tasks that keep results, so a task without them keeps the fast path.
+    It only observes (``started_many`` / ``settled_many``), so the consumer keeps its fast path:
+    a chunk of short calls writes its records in one go. Applies only to tasks that keep results.
     """
 
     name = "results"
@@ -133,18 +151,29 @@ class ResultsControl(Control):
         if self.url:
             open_store(self.url)  # a bad store URL fails the consumer's start, not each call
 
-    def enter(self, call: Any) -> None:
-        call_id = call.id
-        if call_id and self.url:
-            writer.put(self.url, call_id, {"id": call_id, "status": "running", "attempt": call.attempt,
-                                           "queue": call.queue, "started_at": call.started_at or time.time()},
-                       self.ttl)
+    def started_many(self, calls: list[Any]) -> None:
+        if len(calls) > 1:
+            return  # a chunk of short calls: its final records are written when it ends
+        call = calls[0]
+        if call.id:
+            writer.put(self.url, call.id, {"id": call.id, "status": "running", "attempt": call.attempt,
+                                           "queue": call.queue, "started_at": time.time()}, self.ttl)
 
-    def settled(self, call: Any) -> None:
-        call_id = call.id
-        status = STATUS_OF.get(call.outcome or "")
-        if call_id is None or status is None or not self.url:
-            return
+    def settled_many(self, calls: list[Any]) -> None:
+        url, ttl = self.url, self.ttl
+        items = []
+        for call in calls:
+            status = STATUS_OF.get(call.outcome or "")
+            if call.id is not None and status is not None:
+                items.append((url, call.id, self._record(call, status), ttl))
+        if len(calls) > 1:
+            writer.put_many(items, wake=False)
+            writer.drain()
+        elif items:
+            writer.put_many(items)
+
+    @staticmethod
+    def _record(call: Any, status: str) -> Record:
         record = _record(call, status)
         if status == "done":
             try:
@@ -152,12 +181,12 @@ class ResultsControl(Control):
                 record["result"] = call.result
             except (TypeError, ValueError) as exc:
                 log.error("%s: call %s returned a %s, which is not JSON; its result is not stored (%s)",
-                          call.task.name, call_id, type(call.result).__name__, exc)
+                          call.task.name, call.id, type(call.result).__name__, exc)
                 record["status"] = "failed"
                 record["error"] = {"type": "TypeError", "traceback": None,
                                    "message": f"the result ({type(call.result).__name__}) is not JSON-serialisable; "
                                               "callq stores JSON results only"}
-        writer.put(self.url, call_id, record, self.ttl)
+        return record
 
     def stop(self) -> None:
         writer.flush()

@@ -145,11 +145,14 @@ end
 """
 
 # KEYS: q, levels, delayed, seq, consumers, inflight:C
-# ARGV: base, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast)
+# ARGV: base, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast), ack field...
 # Returns {ms_to_next_delayed, recovered, has_levels, [field, body]... (track) | [body]... (fast)}
 CLAIM = COMMON + r"""
 local cid, n = ARGV[2], tonumber(ARGV[3])
 local seq, dead_after, track = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
+local h = B .. ':inflight:' .. cid
+-- acks sent with this fetch (ARGV[7..]): done before the claim, so in-flight stays bounded
+for i = 7, #ARGV, 1000 do redis.call('HDEL', h, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
 local now = now_ms()
 repair()
 local recovered = 0
@@ -160,7 +163,6 @@ end
 local next_due = promote(now)
 local levels, has_levels = levels_of()
 local out = {next_due, recovered, has_levels and 1 or 0}
-local h = B .. ':inflight:' .. cid
 local got = 0
 for _, level in ipairs(levels) do
   if got >= n then break end

@@ -34,7 +34,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
-from .client import RetryingClient
+from .client import HeldConnection, RetryingClient
 from .state import SharedStateMixin
 from .topology import TOPOLOGY_PARAMS, open_target
 
@@ -93,6 +93,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self.client = self.target.client
         self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
+        self._held = HeldConnection(self.client)  # publish's one LPUSH, without the pool's checkout
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = self.client.register_script(_lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
@@ -111,6 +112,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self._seq = 0
         self._suspect: set[str] = set()  # queues where a claim failed in transit: look for orphans
         self._queues: set[str] = set()  # fetched from: heartbeats keep us alive there
+        self._queue_keys: dict[str, str] = {}  # queue -> its level-0 list key (publish)
         self._closed = False
 
     # --- keys ----------------------------------------------------------------------------
@@ -122,6 +124,14 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         b = self._base(queue)
         return f"{b}:q" if level == 0 else f"{b}:qp{level}"
 
+    def _queue_key(self, queue: str) -> str:
+        """``_list_key(queue)``, remembered for publish (a bounded cache: queue names are few)."""
+        key = self._list_key(queue)
+        if len(self._queue_keys) >= 1024:
+            self._queue_keys.clear()
+        self._queue_keys[queue] = key
+        return key
+
     def _own(self, queue: str, what: str) -> str:
         """This consumer's ``inflight`` hash or ``proc`` list of ``queue``."""
         return f"{self._base(queue)}:{what}:{self.consumer_id}"
@@ -129,6 +139,14 @@ class RedisBroker(SharedStateMixin, BrokerBase):
     # --- publish -------------------------------------------------------------------------
 
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
+        if not priority and delay <= 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
+            # the common case, one LPUSH: the list key from a cache, no closure
+            key = self._queue_keys.get(queue)
+            if key is None:
+                key = self._queue_key(queue)
+            if bodies:
+                self.rc.run("publish", self._held.execute, "LPUSH", key, *bodies)
+            return len(bodies)
         if not bodies:
             return 0
         level = int(priority) if priority and self.mode != "lmove" else 0
@@ -148,7 +166,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             return len(bodies)
         key = self._list_key(queue, level)
         if level == 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
-            self.rc.call("publish", partial(self.client.lpush, key, *bodies))
+            self.rc.run("publish", self.client.lpush, key, *bodies)
             return len(bodies)
 
         def send(pipe: object) -> None:
@@ -176,12 +194,27 @@ class RedisBroker(SharedStateMixin, BrokerBase):
     # --- fetch ---------------------------------------------------------------------------
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        return self._fetch(queue, max_n, timeout, [])
+
+    def callq_ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int,
+                        timeout: float) -> list[Delivery]:
+        if self.mode != "reliable" or max_n <= 0 or any(d.queue != queue for d in deliveries):
+            self.callq_ack(deliveries)
+            return self.callq_fetch(queue, max_n, timeout)
+        return self._fetch(queue, max_n, timeout, [d.tag for d in deliveries])
+
+    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes]) -> list[Delivery]:
+        """``acks``: in-flight fields to delete in the first claim's round trip (reliable mode)."""
         if max_n <= 0:
             return []
         deadline = time.monotonic() + timeout
         base = self._list_key(queue)
         while True:
-            out, next_due_ms, has_levels = self._take(queue, max_n)
+            out, next_due_ms, has_levels = self._take(queue, max_n, acks)
+            if acks:
+                with self._lock:
+                    self._held_fields.get(queue, set()).difference_update(acks)
+                acks = []
             if out or self._closed:
                 return out
             remaining = deadline - time.monotonic()
@@ -213,8 +246,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 # nothing but returns as soon as it is non-empty; the claim script then takes.
                 self.rc.call("fetch", lambda w=wait: self.client.blmove(base, base, w, "RIGHT", "RIGHT"))
 
-    def _take(self, queue: str, max_n: int) -> tuple[list[Delivery], int, bool]:
-        """One claim round trip: (deliveries, ms until the next delayed message or -1, has levels)."""
+    def _take(self, queue: str, max_n: int, acks: Sequence[bytes] = ()) -> tuple[list[Delivery], int, bool]:
+        """One claim round trip: (deliveries, ms until the next delayed message or -1, has levels).
+        ``acks`` (reliable mode): in-flight fields deleted first, in the same script."""
         b = self._base(queue)
         suspect = partial(self._suspect.add, queue)
         if self.mode == "lmove":
@@ -243,7 +277,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                     seq = self._seq
                     self._seq += max_n
                 return self._claim(keys=keys, args=[b, self.consumer_id, max_n, seq, self.dead_after_ms,
-                                                    1 if track else 0])
+                                                    1 if track else 0, *acks])
 
             res = self.rc.call("fetch", claim, on_error=suspect if track else None)
             if track:
@@ -406,6 +440,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked messages on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
+            self._held.close()
             self.rc.close()
         return True
 

@@ -40,6 +40,25 @@ class AbstractAckTests(ContractBase):
         finally:
             other.close()
 
+    def test_acks_sent_with_a_fetch_are_done(self, broker_url: str, connection: Connection, queue: str,
+                                             caps: Capabilities) -> None:
+        # ``Connection.ack_fetch``: the broker's ``callq_ack_fetch`` where it has one (one round
+        # trip), else ack then fetch; either way the acks hold and the fetch gets the next ones
+        self.require(caps, "acks")
+        assert connection.acks_with_fetch == bool(connection.hook.callq_ack_fetch.get_hookimpls())
+        connection.publish(queue, [b"a1", b"a2", b"a3"])
+        first = drain(connection, queue, 2, ack=False)
+        assert len(first) == 2
+        rest = connection.ack_fetch(first, queue, 5, 5.0)
+        assert len(rest) == 1 and {d.body for d in [*first, *rest]} == {b"a1", b"a2", b"a3"}
+        assert connection.ack_fetch(rest, queue, 5, 0.2) == []
+        connection.close()  # what was not acked would come back now
+        other = self.open(broker_url)
+        try:
+            assert _settle(other, queue, 1.0) == []
+        finally:
+            other.close()
+
     def test_requeue_returns_the_message(self, connection: Connection, queue: str, caps: Capabilities) -> None:
         self.require(caps, "acks")
         connection.publish(queue, [b"again"])
