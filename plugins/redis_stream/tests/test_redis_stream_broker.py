@@ -146,10 +146,8 @@ def _pending(raw: redis.Redis, prefix: str, queue: str, consumer: str) -> int:
                                   consumername=consumer))
 
 
-def test_an_ack_of_the_fetching_thread_reads_the_next_batch(prefix: str, raw: redis.Redis) -> None:
-    """Ack and next read in one round trip: never more entries held than before the ack."""
-    from callq_redis_stream.readahead import READY_FOR
-
+def test_acks_and_the_next_read_go_in_one_round_trip(prefix: str, raw: redis.Redis) -> None:
+    """``Connection.ack_fetch``: XACK + XDEL + XREADGROUP in one script, nothing held twice."""
     conn = Connection(url(prefix))
     queue = fresh_queue_name()
     consumer = conn.broker.consumer_id
@@ -157,59 +155,21 @@ def test_an_ack_of_the_fetching_thread_reads_the_next_batch(prefix: str, raw: re
         conn.publish(queue, [f"m{i:02}".encode() for i in range(25)])
         first = conn.fetch(queue, 10, 1.0)
         assert [d.body for d in first] == [f"m{i:02}".encode() for i in range(10)]
-        conn.ack(first[:4])
-        assert _pending(raw, prefix, queue, consumer) == 10  # 6 unacked + 4 read with the ack
-        assert conn.size(queue) == 11
-        second = conn.fetch(queue, 10, 1.0)  # the 4 read ahead, no more
+        assert conn.acks_with_fetch
+        client = conn.broker.client
+        sent: list[object] = []
+        execute = client.execute_command
+        client.execute_command = lambda *a, **kw: (sent.append(a[0]), execute(*a, **kw))[1]
+        try:
+            second = conn.ack_fetch(first[:4], queue, 4, 1.0)
+        finally:
+            del client.execute_command
+        assert sent == ["EVALSHA"], f"one script call acks and reads, sent {sent}"
         assert [d.body for d in second] == [f"m{i:02}".encode() for i in range(10, 14)]
-        # an ack from another thread (not the one that fetches) reads nothing
-        other = threading.Thread(target=conn.ack, args=(first[4:] + second,))
-        other.start()
-        other.join()
-        assert _pending(raw, prefix, queue, consumer) == 0
+        assert _pending(raw, prefix, queue, consumer) == 10  # 6 + 4: the acked ones are gone
         assert conn.size(queue) == 11
-        # read ahead but never fetched (a consumer that stopped): back on the stream for anyone
-        third = conn.fetch(queue, 5, 1.0)
-        conn.ack(third)
-        assert _pending(raw, prefix, queue, consumer) == 5
-        time.sleep(READY_FOR * 2 + 0.2)
-        assert _pending(raw, prefix, queue, consumer) == 0
-        assert conn.size(queue) == 6
-        assert sorted(d.body for d in drain(conn, queue, 6)) == [f"m{i:02}".encode() for i in range(19, 25)]
+        conn.ack_fetch(first[4:] + second, queue, 0, 0.1)  # max_n 0: acks only
+        assert _pending(raw, prefix, queue, consumer) == 0 and conn.size(queue) == 11
+        assert sorted(d.body for d in drain(conn, queue, 11)) == [f"m{i:02}".encode() for i in range(14, 25)]
     finally:
         conn.close()
-
-
-def test_close_gives_back_entries_read_ahead(prefix: str, raw: redis.Redis) -> None:
-    conn = Connection(url(prefix))
-    queue = fresh_queue_name()
-    conn.publish(queue, [f"c{i}".encode() for i in range(6)])
-    conn.ack(conn.fetch(queue, 3, 1.0))
-    assert _pending(raw, prefix, queue, conn.broker.consumer_id) == 3
-    conn.close()
-    other = Connection(url(prefix))
-    try:
-        assert other.size(queue) == 3
-        assert sorted(d.body for d in drain(other, queue, 3)) == [b"c3", b"c4", b"c5"]
-    finally:
-        other.close()
-
-
-def test_read_ahead_appends_and_gives_back_what_no_fetch_took() -> None:
-    from callq.broker import Delivery
-    from callq_redis_stream.readahead import READY_FOR, ReadAhead
-
-    given_back: list[list[bytes]] = []
-    ready = ReadAhead(lambda ds: given_back.append([d.body for d in ds]), "test")
-    try:
-        ready.put("q", [Delivery(b"a", "q", b"1-0"), Delivery(b"b", "q", b"2-0")])
-        ready.put("q", [Delivery(b"c", "q", b"3-0")])  # a second read ahead adds, never replaces
-        assert ready.count("q") == 3
-        assert [d.body for d in ready.pop("q", 1)] == [b"a"]
-        deadline = time.monotonic() + READY_FOR * 4
-        while not given_back and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert given_back == [[b"b", b"c"]]
-        assert "q" not in ready
-    finally:
-        ready.close()

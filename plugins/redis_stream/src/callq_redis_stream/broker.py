@@ -6,12 +6,8 @@ a Lua script that replies the ids as one string and the bodies as a flat array (
 cost more Python per entry than the round trip), then, when nothing was waiting, XREADGROUP
 with BLOCK; ack is XACK + XDEL in the same script, so acked entries do not pile up.
 
-An ack from the thread that fetches the queue (the consumer's dispatcher, which acks and then
-fetches) also reads new entries in the same script: the next fetch hands them out without a
-round trip. It reads at most what that thread's last fetch let the consumer hold (entries held
-then plus its ``max_n``) minus what it still holds, so the bound on prefetch holds on the server
-too; entries read so but not fetched within ``READY_FOR`` (the consumer stopped or paused) go
-back to the end of the stream (readahead.py).
+``callq_ack_fetch`` (the consumer sends its waiting acks with its next fetch) acks and reads
+in that one script: one round trip per batch of calls.
 
 Recovery: a live consumer's heartbeat re-claims its own pending entries (XCLAIM JUSTID, which
 resets their idle time). Entries idle longer than ``0.8 * lease`` therefore belong to a dead
@@ -42,8 +38,6 @@ from callq_redis.broker import REDIS_TICK
 from callq_redis.client import RetryingClient
 from callq_redis.state import SharedStateMixin
 from callq_redis.topology import TOPOLOGY_PARAMS, open_target
-
-from .readahead import ReadAhead
 
 log = logging.getLogger("callq.redis_stream")
 
@@ -263,9 +257,6 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self._held: dict[str, set[bytes]] = {}  # queue -> ids handed out, not yet acked
         self._groups: set[str] = set()  # queues whose group we created (or found)
         self._suspect: set[str] = set()  # queues where a read's reply may have been lost
-        self._fetcher: dict[str, int] = {}  # queue -> the thread that last fetched it
-        self._cap: dict[str, int] = {}  # queue -> entries held plus max_n at its last fetch
-        self._ready = ReadAhead(lambda ds: self.callq_requeue(ds, 0.0), str(url))
         self._next_maintenance = 0.0
         self._next_cleanup = time.monotonic() + CLEANUP_EVERY
         self._closed = False
@@ -319,25 +310,33 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                         "entry that goes to the dead-letter queue", self.url, key)
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
+        return self._fetch(queue, max_n, timeout, [])
+
+    def callq_ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int,
+                        timeout: float) -> list[Delivery]:
+        acks = [d.tag for d in deliveries if d.queue == queue]
+        if len(acks) != len(deliveries) or len(acks) > CHUNK or max_n <= 0:
+            self.callq_ack(deliveries)
+            acks = []
+        return self._fetch(queue, max_n, timeout, acks)
+
+    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes]) -> list[Delivery]:
+        """``acks``: ids acked (and deleted) by the first read's script, before it reads."""
         if max_n <= 0:
             return []
         self._ensure_group(queue)
         if time.monotonic() >= self._next_maintenance:
             self._maintain()
-        self._fetcher[queue] = threading.get_ident()
-        # what the caller lets this consumer hold at once (read-ahead never holds more)
-        self._cap[queue] = max_n + len(self._held.get(queue, ())) - self._ready.count(queue)
-        if queue in self._ready:
-            out = self._ready.pop(queue, max_n)
-            if out:
-                return out
         if queue in self._suspect:
             self._reconcile(queue)
         key = self._key(queue)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                out = self._take(queue, key, max_n)
+                out = self._take(queue, key, max_n, acks)
+                if acks:
+                    self._forget(queue, acks)
+                    acks = []
                 if out or self._closed:
                     return out
                 remaining = deadline - time.monotonic()
@@ -362,9 +361,11 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                             self.url, self.group, key)
                 self._ensure_group(queue, force=True)
 
-    def _take(self, queue: str, key: str, max_n: int) -> list[Delivery]:
-        """Up to ``max_n`` new entries, without blocking (one script call, a flat reply)."""
-        res = self.rc.call("fetch", lambda: self._ack_read(keys=[key], args=[self.group, self.consumer_id, max_n]),
+    def _take(self, queue: str, key: str, max_n: int, acks: Sequence[bytes] = ()) -> list[Delivery]:
+        """Up to ``max_n`` new entries, without blocking (one script call, a flat reply), after
+        acking ``acks`` in the same script."""
+        res = self.rc.call("fetch", lambda: self._ack_read(keys=[key], args=[self.group, self.consumer_id, max_n,
+                                                                              *acks]),
                            on_error=lambda: self._suspect.add(queue))
         if queue in self._suspect:
             self._reconcile(queue)
@@ -430,21 +431,12 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                 held.difference_update(ids)
 
     def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
-        me = threading.get_ident()
         for queue, ids in self._by_queue(deliveries).items():
             key = self._key(queue)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
-                more = 0
-                if self._fetcher.get(queue) == me and queue not in self._ready and start + CHUNK >= len(ids):
-                    # the fetching thread fetches next: read what it may hold, with this ack
-                    more = min(CHUNK, self._cap.get(queue, 0) - len(self._held.get(queue, ())) + len(ids))
-                    more = max(0, more) if not self._closed else 0
-                res = self.rc.call("ack", lambda c=chunk, k=key, m=more: self._ack_read(
-                    keys=[k], args=[self.group, self.consumer_id, m, *c]),
-                    on_error=(lambda q=queue: self._suspect.add(q)) if more else None)
-                if res:
-                    self._ready.put(queue, self._deliveries(queue, key, res))
+                self.rc.call("ack", lambda c=chunk, k=key: self._ack_read(
+                    keys=[k], args=[self.group, self.consumer_id, 0, *c]))
             self._forget(queue, ids)
         return len(deliveries)
 
@@ -518,7 +510,6 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         if self._closed:
             return True
         self._closed = True
-        self._ready.close()  # entries read ahead are pending to us: given back below with the rest
         try:
             self.rc.retry_for = min(self.rc.retry_for, 5.0)
             n = 0
