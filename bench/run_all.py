@@ -1,6 +1,6 @@
 """Run every benchmark (bench/bench_*.py) and print one table of figures and ratios.
 
-    .venv/bin/python bench/run_all.py [--only core,sqlite] [--list] [--timeout 240]
+    .venv/bin/python bench/run_all.py [--only core,sqlite] [--list] [--timeout 480]
 
 Each script runs alone (one after another: the machine's cores are the thing measured) as
 ``python bench/bench_<name>.py --json``; it starts and stops any server it needs itself.
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated bench names (see --list)")
     ap.add_argument("--list", action="store_true", help="list the benchmarks found and exit")
-    ap.add_argument("--timeout", type=float, default=240.0, help="seconds per script (default 240)")
+    ap.add_argument("--timeout", type=float, default=480.0, help="seconds per script (default 480)")
     ap.add_argument("--plain", action="store_true", help="plain-text table even if rich is installed")
     ap.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
