@@ -19,7 +19,7 @@ Rows (ratio = callq / raw, higher is better):
   by a real ``@callq.task(...).consume()`` process (fetch, pool, acks, heartbeats) vs the raw loop
   (``RPOP`` 100, decode, call inline); medians of interleaved runs; also its peak RSS.
 * worker, results=False (reliable mode and Streams): the same without keeping return values
-  (results are on by default where the broker has a shared store: two more writes per call).
+  (results are on by default where the broker has a shared store: one more write per chunk of calls).
 * worker --processes 2 vs 1 (reliable mode): the same workload, ``consume(processes=2)`` against
   one process.
 
