@@ -29,6 +29,7 @@ CHUNK_BELOW = 0.002  # calls shorter than this go to the pool in chunks, one thr
 HANDOFF = 0.00002  # what giving a call its own thread costs under the GIL (CPU, switches), about
 PROBE_EVERY = 1.0  # seconds between trials of one lane while calls run on several
 FIRST_WAIT = 0.02  # how long the first batch waits for its first call to measure the rest
+DRAIN_WAIT = 0.05  # at most this long one lane waits for the pool's last chunks before running alone
 MAX_LANES = 4  # calls needing more threads than this get one hand-off each (their waits dominate)
 
 
@@ -107,12 +108,17 @@ class CallRunner:
         latency = self._latency
         if self._fast and not self.is_async and latency < CHUNK_BELOW:
             lanes, pool = self._lanes, self.pool
-            if lanes == 1 and not (pool.busy or pool.pending):
+            if lanes == 1:
+                # alone, or it would measure the pool's last calls' GIL waits as its own (a
+                # probe right after several lanes, the first call's observers still writing)
+                if (pool.busy or pool.pending) and not pool.wait_idle(DRAIN_WAIT):
+                    pool.submit(self._execute_chunk, ready)
+                    return
                 self._execute_inline(ready)  # one lane and it is free: no hand-off at all
                 return
-            if lanes > 1 and (now := monotonic()) >= self._probe_at:
+            if (now := monotonic()) >= self._probe_at:
                 # on several threads, calls measure each other's GIL waits as waits: now and
-                # then the next batch runs alone (the dispatcher lets the pool drain first)
+                # then the next batch runs alone, once the pool drained
                 self._probe_at = now + PROBE_EVERY
                 self._lanes = 1
             if lanes <= MAX_LANES:
@@ -125,7 +131,8 @@ class CallRunner:
             # nothing measured yet: the first call, alone in a chunk, measures what calls need;
             # if it is short, the rest go by that (no thread started for each of them)
             self.pool.submit(self._execute_chunk, ready[:1])
-            if self.pool.wait_idle(FIRST_WAIT) and self._latency < 1.0:
+            self.pool.wait_idle(FIRST_WAIT)  # its observers may still write: the measure is set
+            if self._latency < 1.0:
                 self.submit_many(ready[1:])
                 return
             ready = ready[1:]
@@ -156,8 +163,6 @@ class CallRunner:
         cpu2, delay2 = sched.read()
         n = len(chunk)
         wall = (perf_counter() - wall) / n
-        if done and self._watch_settled:
-            self.settled_many(done)
         cpu = (cpu2 - cpu) / n
         self._latency = wall
         wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
@@ -167,6 +172,8 @@ class CallRunner:
         else:
             self._need = need
         self._lanes = max(1, min(self.options.concurrency, int(need)))
+        if done and self._watch_settled:
+            self.settled_many(done)
 
     # --- threads -----------------------------------------------------------------------------
 
