@@ -172,3 +172,22 @@ def test_acks_and_the_next_read_go_in_one_round_trip(prefix: str, raw: redis.Red
         assert sorted(d.body for d in drain(conn, queue, 11)) == [f"m{i:02}".encode() for i in range(14, 25)]
     finally:
         conn.close()
+
+
+def test_results_live_in_the_redis_result_store(prefix: str, raw: redis.Redis) -> None:
+    import callq
+    from callq.results.store import open_store, store_url_for
+    from callq_redis.results import RedisResultStore
+
+    @callq.task(fresh_queue_name(), broker=url(prefix), stop_when_idle=0.5)
+    def double(n: int) -> int:
+        return n * 2
+
+    store_url = store_url_for(double.options)
+    assert store_url is not None and isinstance(open_store(store_url), RedisResultStore)
+    handles = [double.push(i) for i in range(50)]
+    double.consume()
+    assert [h.result(timeout=20) for h in handles] == [i * 2 for i in range(50)]
+    assert raw.exists(f"{prefix}:result:{handles[0]}")  # one string per result, with its TTL
+    assert 0 < raw.pttl(f"{prefix}:result:{handles[0]}") <= 3600 * 1000
+    assert double._consumer.join(30)
