@@ -81,9 +81,17 @@ class FailoverReport:
 def watch_failover(workers: Sequence[subprocess.Popen[bytes]], workdir: Path, calls: int,
                    fault: Callable[[], None], *, timeout: float = 90.0) -> FailoverReport:
     """With ``workers`` running calls 0..calls-1, call ``fault()`` (kill a server node) once a
-    third ran; wait until every call ran or ``timeout``. AssertionError if a worker died."""
+    third ran and every worker ran one (a worker still starting would meet the fault while it
+    connects, another test); wait until every call ran or ``timeout``. AssertionError if a
+    worker died."""
     deadline = time.monotonic() + timeout
-    while len(ran_calls(workdir)) < calls // 3 and time.monotonic() < deadline:
+
+    def all_working() -> bool:
+        logs = [Path(workdir) / f"ran-{w.pid}.log" for w in workers]
+        return all(log.exists() and log.stat().st_size > 0 for log in logs)
+
+    while (len(ran_calls(workdir)) < calls // 3 or not all_working()) and time.monotonic() < deadline:
+        assert all(w.poll() is None for w in workers), "a worker died before the fault"
         time.sleep(0.02)
     before = len(ran_calls(workdir))
     fault_at = time.monotonic()

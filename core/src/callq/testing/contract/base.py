@@ -77,10 +77,12 @@ class ContractBase:
         finally:
             cleaner.close()
 
-    def prime(self, conn: Connection, queue: str) -> None:
-        """Make ``queue`` receive messages (brokers without backlog need a subscriber first)."""
+    def prime(self, conn: Connection, queue: str) -> list[Delivery]:
+        """Make ``queue`` receive messages (brokers without backlog need a subscriber first);
+        what that first fetch got, if anything was published already."""
         if not conn.capabilities.backlog:
-            conn.fetch(queue, 1, 0.2)
+            return conn.fetch(queue, 1, 0.2)
+        return []
 
     def open(self, url: str) -> Connection:
         return Connection(url)

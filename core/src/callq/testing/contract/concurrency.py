@@ -45,10 +45,16 @@ class AbstractConcurrencyTests(ContractBase):
         stop = threading.Event()
         errors: list[BaseException] = []
 
+        primed = threading.Semaphore(0)
+
         def consume() -> None:
             conn = self.open(broker_url) if caps.distributed else connection
             try:
-                self.prime(conn, queue)
+                first = self.prime(conn, queue)
+                conn.ack(first)
+                with lock:
+                    seen.update(d.body for d in first)
+                primed.release()
                 while not stop.is_set():
                     got = conn.fetch(queue, 50, 0.2)
                     if got:
@@ -76,7 +82,9 @@ class AbstractConcurrencyTests(ContractBase):
         consumers = [threading.Thread(target=consume) for _ in range(n_cons)]
         for t in consumers:
             t.start()
-        time.sleep(0.3)
+        for _ in consumers:  # brokers without a backlog drop what comes before a subscriber
+            assert primed.acquire(timeout=30) or errors, "a consumer did not subscribe within 30 s"
+        time.sleep(0.1)
         producers = [threading.Thread(target=produce, args=(p,)) for p in range(n_prod)]
         for t in producers:
             t.start()
