@@ -4,7 +4,6 @@ poison-message guard, and a node killed mid-run (nothing lost, consumers carry o
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import pytest
 
 from callq.broker import Connection
 from callq.errors import ConfigError
-from callq.message import encode, new_meta
 from callq.testing import BrokerContract, drain, fresh_queue_name
-from callq.testing.crash import start_worker, watch_failover
+from callq.testing.crash import publish_calls, start_worker, stop_workers, watch_failover
 from callq_rabbitmq.local import LocalRabbitCluster
 
 pytestmark = pytest.mark.slow
@@ -99,8 +97,7 @@ def test_node_killed_mid_run_nothing_lost(rabbit_cluster: LocalRabbitCluster, tm
     workers: list[subprocess.Popen[bytes]] = []
     victim = rabbit_cluster.nodes[0]
     try:
-        for start in range(0, calls, 500):
-            conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+        publish_calls(conn, queue, calls)
         assert _leader(rabbit_cluster, queue, rabbit_cluster.nodes[1]) == victim.name
         workers = [start_worker(rabbit_cluster.url(query, first=first), queue, tmp_path, 8, n)
                    for n, first in enumerate((0, 2))]
@@ -111,11 +108,5 @@ def test_node_killed_mid_run_nothing_lost(rabbit_cluster: LocalRabbitCluster, tm
         assert _leader(rabbit_cluster, queue, rabbit_cluster.nodes[1]) != victim.name
         assert "lost; reconnecting" in (tmp_path / "worker-0.stderr").read_text()
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(20)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_workers(workers)
         conn.close()

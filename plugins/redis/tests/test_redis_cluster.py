@@ -3,7 +3,6 @@ the contract suite, kill -9 of workers, a master killed mid-run, and the WAIT op
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 import uuid
@@ -15,9 +14,14 @@ from redis.cluster import RedisCluster, key_slot
 
 from callq.broker import Connection
 from callq.errors import BrokerError, ConfigError
-from callq.message import encode, new_meta
 from callq.testing import BrokerContract, drain, fresh_queue_name
-from callq.testing.crash import run_crash_test, start_worker, watch_failover
+from callq.testing.crash import (
+    publish_calls,
+    run_crash_test,
+    start_worker,
+    stop_workers,
+    watch_failover,
+)
 from callq_redis.local import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -108,21 +112,14 @@ def test_master_killed_mid_run_workers_carry_on(redis_cluster: LocalCluster, tmp
     conn = Connection(url)
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        for start in range(0, calls, 500):
-            conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+        publish_calls(conn, queue, calls)
         workers = [start_worker(url, queue, tmp_path, 8, n) for n in range(2)]
         report = watch_failover(workers, tmp_path, calls, lambda: redis_cluster.kill(master))
         print(f"cluster failover, master {master} killed, replica {replica} took over: {report}")
         assert not report.lost, report.lost[:20]
         assert redis_cluster.master_of_key(f"{prefix}:{{{queue}}}:q") == replica
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(20)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_workers(workers)
         conn.close()
         redis_cluster.rejoin(master)
 

@@ -3,7 +3,6 @@ master is killed mid-run and the workers reconnect to the promoted replica."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -12,9 +11,8 @@ import pytest
 
 from callq.broker import Connection
 from callq.errors import ConfigError
-from callq.message import encode, new_meta
 from callq.testing import drain, fresh_queue_name
-from callq.testing.crash import start_worker, watch_failover
+from callq.testing.crash import publish_calls, start_worker, stop_workers, watch_failover
 from callq_redis.local import LocalSentinelGroup
 
 pytestmark = pytest.mark.slow
@@ -52,8 +50,7 @@ def test_master_killed_mid_run_workers_follow_the_new_master(redis_sentinel: Loc
     conn = Connection(url)
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        for start in range(0, calls, 500):
-            conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+        publish_calls(conn, queue, calls)
         workers = [start_worker(url, queue, tmp_path, 8, n) for n in range(2)]
         report = watch_failover(workers, tmp_path, calls, lambda: redis_sentinel.kill(old))
         new = redis_sentinel.master_port()
@@ -63,13 +60,7 @@ def test_master_killed_mid_run_workers_follow_the_new_master(redis_sentinel: Loc
         warnings = "".join(p.read_text() for p in tmp_path.glob("worker-*.stderr"))
         assert "succeeded again" in warnings  # the retry path logged the way back
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(20)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        stop_workers(workers)
         conn.close()
         if redis_sentinel.procs[old].poll() is not None:
             redis_sentinel.restart(old)  # the sentinels make it a replica of the new master

@@ -53,6 +53,23 @@ def ran_calls(workdir: Path) -> Counter[int]:
     return seen
 
 
+def publish_calls(conn: Connection, queue: str, calls: int) -> None:
+    """Publish calls ``{"i": 0}`` .. ``{"i": calls - 1}`` to ``queue``, 500 per batch."""
+    for start in range(0, calls, 500):
+        conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+
+
+def stop_workers(workers: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM every worker, then wait for each (kill -9 one that is still running after ``timeout``)."""
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.wait(timeout)
+        except subprocess.TimeoutExpired:
+            w.kill()
+
+
 def start_worker(url: str, queue: str, workdir: Path, concurrency: int = 8, n: int = 0) -> subprocess.Popen[bytes]:
     """A worker process running calls ``{"i": N}`` of ``queue``, logging each to ``workdir``."""
     log = open(Path(workdir) / f"worker-{n}.stderr", "wb")  # noqa: SIM115 - handed to the child
@@ -121,8 +138,7 @@ def run_crash_test(broker_url: str, *, calls: int, kills: int = 2, workdir: Path
     try:
         if not conn.capabilities.backlog:
             raise RuntimeError("the crash test needs a broker that keeps a backlog")
-        for start in range(0, calls, 500):
-            conn.publish(queue, [encode({"i": i}, new_meta()) for i in range(start, min(calls, start + 500))])
+        publish_calls(conn, queue, calls)
         deadline = started + timeout
         worker = start_worker(broker_url, queue, workdir, concurrency, 0)
         for k in range(kills):
