@@ -146,7 +146,10 @@ end
 
 # KEYS: q, levels, delayed, seq, consumers, inflight:C
 # ARGV: base, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast), ack field...
-# Returns {ms_to_next_delayed, recovered, has_levels, [field, body]... (track) | [body]... (fast)}
+# Returns {ms_to_next_delayed, recovered, has_levels, fields, lengths, bodies}: three strings,
+# not one reply element per message (the client parses a few elements, not 2n): the in-flight
+# fields joined by spaces ('' in fast mode), the bodies' byte lengths joined by spaces, and the
+# bodies concatenated.
 CLAIM = COMMON + r"""
 local cid, n = ARGV[2], tonumber(ARGV[3])
 local seq, dead_after, track = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
@@ -162,7 +165,7 @@ if track then
 end
 local next_due = promote(now)
 local levels, has_levels = levels_of()
-local out = {next_due, recovered, has_levels and 1 or 0}
+local fields, lengths, bodies = {}, {}, {}
 local got = 0
 for _, level in ipairs(levels) do
   if got >= n then break end
@@ -179,10 +182,11 @@ for _, level in ipairs(levels) do
           local f = string.format('%d', seq + got) .. ':' .. level
           table.insert(args, f)
           table.insert(args, body)
-          table.insert(out, f)
+          fields[got] = f
           if #args >= 2000 then redis.call('HSET', h, unpack(args)); args = {} end
         end
-        table.insert(out, body)
+        lengths[got] = #body
+        bodies[got] = body
       end
     end
     if #args > 0 then redis.call('HSET', h, unpack(args)) end
@@ -194,7 +198,8 @@ for _, level in ipairs(levels) do
     redis.call('ZREM', B .. ':levels', level)
   end
 end
-return out
+return {next_due, recovered, has_levels and 1 or 0, table.concat(fields, ' '), table.concat(lengths, ' '),
+        table.concat(bodies)}
 """
 
 # KEYS: q, proc:C, delayed, seq, consumers

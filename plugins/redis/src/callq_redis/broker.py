@@ -34,7 +34,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
-from .client import HeldConnection, RetryingClient
+from .client import HeldConnection, HeldScript, RetryingClient
 from .state import SharedStateMixin
 from .topology import TOPOLOGY_PARAMS, open_target
 
@@ -94,8 +94,9 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self._held = HeldConnection(self.client)  # publish's one LPUSH, without the pool's checkout
+        self._held_claim = HeldConnection(self.client)  # the dispatcher's claims, likewise
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
-        self._claim = self.client.register_script(_lua.CLAIM)
+        self._claim = HeldScript(self._held_claim, _lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
         self._publish_delayed = self.client.register_script(_lua.PUBLISH_DELAYED)
         self._requeue = self.client.register_script(_lua.REQUEUE)
@@ -280,15 +281,15 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                                                     1 if track else 0, *acks])
 
             res = self.rc.call("fetch", claim, on_error=suspect if track else None)
+            bodies = _split(res[4], res[5])
             if track:
-                items = res[3:]
-                fields = items[0::2]
+                fields = res[3].split(b" ") if bodies else []
                 if fields:
                     with self._lock:
                         self._held_fields.setdefault(queue, set()).update(fields)
-                out = [Delivery(body, queue, field) for field, body in zip(fields, items[1::2], strict=True)]
+                out = [Delivery(body, queue, field) for field, body in zip(fields, bodies, strict=True)]
             else:
-                out = [Delivery(body, queue, None) for body in res[3:]]
+                out = [Delivery(body, queue, None) for body in bodies]
         if res[1]:
             log.warning("redis %s: gave back %d message(s) of dead consumers", self.url, res[1])
         if queue in self._suspect:
@@ -441,8 +442,22 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
             self._held.close()
+            self._held_claim.close()
             self.rc.close()
         return True
 
     def __repr__(self) -> str:
         return f"RedisBroker({str(self.url)!r}, mode={self.mode!r}, consumer={self.consumer_id!r})"
+
+
+def _split(lengths: bytes, joined: bytes) -> list[bytes]:
+    """The bodies of a claim reply: ``joined`` cut at the space-separated byte ``lengths``."""
+    if not lengths:
+        return []
+    out = []
+    start = 0
+    for n in map(int, lengths.split(b" ")):
+        end = start + n
+        out.append(joined[start:end])
+        start = end
+    return out

@@ -8,9 +8,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -21,6 +21,7 @@ from redis.exceptions import (
     CrossSlotTransactionError,
     InvalidPipelineStack,
     MasterDownError,
+    NoScriptError,
     RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
@@ -213,6 +214,26 @@ class HeldConnection:
             conn, self.conn = self.conn, None
             if conn is not None and self.pid == os.getpid() and self.pool is not None:
                 self.pool.release(conn)
+
+
+class HeldScript:
+    """A Lua script run with ``EVALSHA`` on a :class:`HeldConnection`, called as redis-py's
+    ``Script`` is (``script(keys=..., args=...)``): no pool checkout per call, loaded again
+    after ``NOSCRIPT``. A cluster client runs it through redis-py's ``Script``."""
+
+    def __init__(self, held: HeldConnection, script: str) -> None:
+        self.held = held
+        self.script = held.client.register_script(script)  # type: ignore[attr-defined]
+
+    def __call__(self, keys: Sequence[object], args: Sequence[object]) -> Any:
+        held = self.held
+        if held.pool is None:
+            return self.script(keys=keys, args=args)
+        try:
+            return held.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or flushed server
+            held.client.script_load(self.script.script)  # type: ignore[attr-defined]
+            return held.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
 
 
 _held: weakref.WeakSet[HeldConnection] = weakref.WeakSet()
