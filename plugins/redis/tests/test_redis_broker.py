@@ -249,3 +249,25 @@ def test_a_claim_retried_after_a_lost_reply_loses_nothing(prefix: str) -> None:
         assert sorted(d.body for d in rest) == [b"a", b"b"]
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("mode", ["reliable", "fast"])
+def test_claims_carry_any_bytes_and_survive_a_flushed_script_cache(prefix: str, raw: redis.Redis, mode: str) -> None:
+    """Claims come back as packed strings on a held connection: bodies with spaces, empty
+    ones and every byte value come back whole, and after SCRIPT FLUSH (a restarted server)
+    the script is loaded again instead of failing the fetch."""
+    conn = Connection(f"{REDIS}?mode={mode}&prefix={prefix}")
+    queue = fresh_queue_name()
+    bodies = [b"", b"a b  c ", bytes(range(256)), "\u00e9\u4e2d".encode(), b" ", b"x" * 70_000]
+    try:
+        conn.publish(queue, bodies)
+        got = conn.fetch(queue, 3, 1.0)
+        raw.script_flush()
+        got += conn.ack_fetch(got, queue, 10, 1.0)
+        assert [d.body for d in got] == bodies
+        conn.ack(got[3:])
+        assert conn.size(queue) == 0
+        if mode == "reliable":
+            assert raw.hlen(f"{prefix}:{{{queue}}}:inflight:{conn.broker.consumer_id}") == 0
+    finally:
+        conn.close()

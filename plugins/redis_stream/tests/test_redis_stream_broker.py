@@ -155,14 +155,18 @@ def test_acks_and_the_next_read_go_in_one_round_trip(prefix: str, raw: redis.Red
         first = conn.fetch(queue, 10, 1.0)
         assert [d.body for d in first] == [f"m{i:02}".encode() for i in range(10)]
         assert conn.acks_with_fetch
-        client = conn.broker.client
+        # every command of the broker goes through its client or its held connection
+        spied = [conn.broker.client, conn.broker._held_read]
         sent: list[object] = []
-        execute = client.execute_command
-        client.execute_command = lambda *a, **kw: (sent.append(a[0]), execute(*a, **kw))[1]
+        for obj in spied:
+            name = "execute_command" if obj is spied[0] else "execute"
+            real = getattr(obj, name)
+            setattr(obj, name, lambda *a, real=real, **kw: (sent.append(a[0]), real(*a, **kw))[1])
         try:
             second = conn.ack_fetch(first[:4], queue, 4, 1.0)
         finally:
-            del client.execute_command
+            del spied[0].execute_command
+            del spied[1].execute
         assert sent == ["EVALSHA"], f"one script call acks and reads, sent {sent}"
         assert [d.body for d in second] == [f"m{i:02}".encode() for i in range(10, 14)]
         assert _pending(raw, prefix, queue, consumer) == 10  # 6 + 4: the acked ones are gone

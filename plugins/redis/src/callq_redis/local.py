@@ -14,6 +14,8 @@ A server that does not come up raises RuntimeError with the tail of its log.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -44,15 +46,68 @@ def _port_free(port: int) -> bool:
     return True
 
 
+_LOCK = Path(tempfile.gettempdir()) / "callq-local-redis-ports.lock"
+_RESERVED = Path(tempfile.gettempdir()) / "callq-local-redis-ports.json"
+
+
+@contextlib.contextmanager
+def ports_claimed() -> Iterator[None]:
+    """Held while ports are picked and reserved: test processes running side by side
+    (pytest-xdist) otherwise see the same ports free, or a port free while its server is
+    down for a failover test, and collide."""
+    with open(_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _reservations() -> dict[int, int]:
+    """port -> pid of the live process that reserved it (call with the lock held)."""
+    try:
+        raw = json.loads(_RESERVED.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {int(port): pid for port, pid in raw.items() if _alive(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _save(reserved: dict[int, int]) -> None:
+    _RESERVED.write_text(json.dumps({str(p): pid for p, pid in reserved.items()}))
+
+
 def free_ports(count: int, start: int, *, bus: bool = False) -> list[int]:
-    """``count`` consecutive free ports from ``start`` on (and their +10000 bus ports if ``bus``)."""
-    base = start
-    while base + count < 10000 + start:
-        ports = list(range(base, base + count))
-        if all(_port_free(p) and (not bus or _port_free(p + 10000)) for p in ports):
-            return ports
-        base += count
+    """``count`` consecutive free ports from ``start`` on (and their +10000 bus ports if ``bus``),
+    reserved for this process until :func:`release_ports`."""
+    with ports_claimed():
+        reserved = _reservations()
+        base = start
+        while base + count < 10000 + start:
+            ports = list(range(base, base + count))
+            if all(p not in reserved and _port_free(p) and (not bus or _port_free(p + 10000)) for p in ports):
+                reserved.update(dict.fromkeys(ports, os.getpid()))
+                _save(reserved)
+                return ports
+            base += count
     raise RuntimeError(f"no {count} free ports from {start}")
+
+
+def release_ports(ports: list[int]) -> None:
+    with ports_claimed():
+        reserved = _reservations()
+        for port in ports:
+            reserved.pop(port, None)
+        _save(reserved)
 
 
 @dataclass
@@ -119,6 +174,7 @@ class LocalRedisGroup:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        release_ports(list(self.args))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.results.store import FINAL
 from callq.url import BrokerURL
 
+from .client import HeldConnection, HeldScript
 from .topology import open_target
 
 #: longest single BLPOP (a longer wait loops)
@@ -54,7 +55,8 @@ class RedisResultStore:
                               "use redis:// or redis+sentinel://, or a SQL store")
         self.client = target.client
         self.blocking = open_target(parsed, socket_timeout=BLOCK + 5.0).client
-        self._put = self.client.register_script(_PUT)
+        self._held = HeldConnection(self.client)  # a chunk's write without the pool's checkout
+        self._put = HeldScript(self._held, _PUT)
 
     def _key(self, call_id: str) -> str:
         return f"{self.prefix}:result:{call_id}"
@@ -101,5 +103,6 @@ class RedisResultStore:
             raise BrokerError(f"redis result store {self.url}: could not {what}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        self._held.close()
         self.client.close()
         self.blocking.close()
