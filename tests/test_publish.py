@@ -229,3 +229,39 @@ def test_push_many_ids_are_unique_and_in_order(add):
     ids = add.push_many((i, i) for i in range(2500))
     assert len(set(ids)) == 2500 and all(isinstance(i, str) and len(i) == 32 for i in ids)
     assert [b["_callq"]["id"] for b in _bodies(add, 2500)] == ids
+
+
+def test_call_ids_sort_by_time_and_never_repeat_across_processes() -> None:
+    """Ids are 32 hex digits, the first 12 the publish time in ms: a SQL store keyed by id
+    appends instead of writing a random page per record. Forked children never share ids."""
+    import os
+    import re
+
+    from callq.message import new_id
+
+    earlier = [new_id() for _ in range(1000)]
+    time.sleep(0.003)
+    later = [new_id() for _ in range(1000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in earlier + later)
+    assert max(earlier) < min(later)
+    assert abs(int(later[0][:12], 16) / 1000 - time.time()) < 5
+    read, write = os.pipe()
+    pids = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            for _ in range(2000 // 125):  # 4,000 bytes a write: atomic on a pipe, never interleaved
+                os.write(write, "".join(new_id() for _ in range(125)).encode())
+            os._exit(0)
+        pids.append(pid)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 1 << 16):  # until every child closed its end
+        data += chunk
+    os.close(read)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    children = [data[i:i + 32] for i in range(0, len(data), 32)]
+    mine = [new_id().encode() for _ in range(2000)]
+    assert len(children) == 6000
+    assert len(set(children + mine)) == 8000
