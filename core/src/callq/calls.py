@@ -108,6 +108,13 @@ class CallRunner:
         latency = self._latency
         if self._fast and not self.is_async and latency < CHUNK_BELOW:
             lanes, pool = self._lanes, self.pool
+            if lanes == 2 and self._siblings_allowed:
+                if (now := monotonic()) < self._probe_at:
+                    self._start_sibling()  # a second loop fetching and running its own batches
+                    self._execute_inline(ready)
+                    return
+                self._probe_at = now + PROBE_EVERY
+                lanes = self._lanes = 1  # the sibling ends after its batch: this one measures alone
             if lanes == 1:
                 # alone, or it would measure the pool's last calls' GIL waits as its own (a
                 # probe right after several lanes, the first call's observers still writing)
@@ -165,13 +172,14 @@ class CallRunner:
         wall = (perf_counter() - wall) / n
         cpu = (cpu2 - cpu) / n
         self._latency = wall
-        wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
-        need = wall / (cpu + HANDOFF)
-        if self._lanes == 1 and need >= 1:  # one lane measures cleanly; else smooth the noise
-            need = self._need = self._need * 0.75 + need * 0.25
-        else:
-            self._need = need
-        self._lanes = max(1, min(self.options.concurrency, int(need)))
+        if not self.siblings:  # two lanes measure each other's GIL waits as waits: the probe decides
+            wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
+            need = wall / (cpu + HANDOFF)
+            if self._lanes == 1 and need >= 1:  # one lane measures cleanly; else smooth the noise
+                need = self._need = self._need * 0.75 + need * 0.25
+            else:
+                self._need = need
+            self._lanes = self._lanes_for(need, wall, cpu)
         if done and self._watch_settled:
             self.settled_many(done)
 

@@ -24,6 +24,7 @@ from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
 from .held import HeldCalls
+from .lanes import FetchLanes
 from .lifecycle import register_running, report_crash
 from .message import MalformedMessage, decode
 from .outcomes import Outcomes
@@ -66,7 +67,7 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-class Consumer(CallRunner, Outcomes, Stopping):
+class Consumer(CallRunner, FetchLanes, Outcomes, Stopping):
     """Consumes one task's queue in this process."""
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -106,6 +107,7 @@ class Consumer(CallRunner, Outcomes, Stopping):
         self.settler = Settler(self.conn, opts, self._on_settled, self._wake_for_acks)
         self._acks_with_fetch = self.conn.acks_with_fetch  # waiting acks travel with the next fetch
         self.controls = ControlSet.build(self)
+        FetchLanes.__init__(self)
         CallRunner.__init__(self)
 
     @property
@@ -165,7 +167,7 @@ class Consumer(CallRunner, Outcomes, Stopping):
         return Stats(received=c["received"], done=_count_value(self._done), failed=c["failed"],
                      retried=c["retried"], requeued=c["requeued"], dead=c["dead"], malformed=c["malformed"],
                      expired=c["expired"], skipped=c["skipped"], timed_out=c["timed_out"],
-                     running=self.pool.busy, threads=self.pool.threads,
+                     running=self.pool.busy - self.siblings, threads=self.pool.threads,
                      elapsed=(time.monotonic() - self._started_at) if self._started_at else 0.0)
 
     def count(self, key: str, n: int = 1) -> None:
@@ -185,7 +187,7 @@ class Consumer(CallRunner, Outcomes, Stopping):
             with self._lock:
                 if self._dispatcher_waiting:
                     self._dispatcher_waiting = False
-                    self._lock.notify()
+                    self._lock.notify_all()  # a sibling lane may wait on it too
 
     def _running_dry(self) -> bool:
         # calls in chunks: when a lane is free (a fetch per ack would claim one message at a time)
@@ -239,6 +241,8 @@ class Consumer(CallRunner, Outcomes, Stopping):
                 free = self._capacity()
                 if free <= 0:
                     break
+                if self.siblings:
+                    free = min(free, self.limit - self.limit // 2)  # the sibling lane fetches the rest
                 for c in limits:
                     free = c.limit(free)
                 acks = self.settler.take_acks() if self._acks_with_fetch else []

@@ -156,17 +156,21 @@ def test_acks_and_the_next_read_go_in_one_round_trip(prefix: str, raw: redis.Red
         assert [d.body for d in first] == [f"m{i:02}".encode() for i in range(10)]
         assert conn.acks_with_fetch
         # every command of the broker goes through its client or its held connection
-        spied = [conn.broker.client, conn.broker._held_read]
+        spied = [conn.broker.client, *conn.broker._held_read]
         sent: list[object] = []
         for obj in spied:
-            name = "execute_command" if obj is spied[0] else "execute"
+            name = "execute_command" if obj is spied[0] else "try_execute"
             real = getattr(obj, name)
-            setattr(obj, name, lambda *a, real=real, **kw: (sent.append(a[0]), real(*a, **kw))[1])
+            if obj is spied[0]:
+                setattr(obj, name, lambda *a, real=real, **kw: (sent.append(a[0]), real(*a, **kw))[1])
+            else:
+                setattr(obj, name, lambda args, real=real: (sent.append(args[0]), real(args))[1])
         try:
             second = conn.ack_fetch(first[:4], queue, 4, 1.0)
         finally:
             del spied[0].execute_command
-            del spied[1].execute
+            for held in spied[1:]:
+                del held.try_execute
         assert sent == ["EVALSHA"], f"one script call acks and reads, sent {sent}"
         assert [d.body for d in second] == [f"m{i:02}".encode() for i in range(10, 14)]
         assert _pending(raw, prefix, queue, consumer) == 10  # 6 + 4: the acked ones are gone

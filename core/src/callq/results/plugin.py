@@ -101,12 +101,7 @@ class Writer:
         except IndexError:
             pass
         for url, by_id in batch.items():
-            items = list(by_id.values())
-            try:
-                open_store(url).put_many(items)
-            except Exception as exc:  # noqa: BLE001 - a store outage must not stop the writer
-                log.error("could not store %d result(s) in %s: %s: %s", len(items),
-                          url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
+            write(url, list(by_id.values()))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued write was attempted."""
@@ -123,6 +118,14 @@ class Writer:
             return False  # a drain is still writing
         self._write_lock.release()
         return True
+
+
+def write(url: str, items: list[tuple[str, Record, float]]) -> None:
+    try:
+        open_store(url).put_many(items)
+    except Exception as exc:  # noqa: BLE001 - a store outage must not stop the writer or a call
+        log.error("could not store %d result(s) in %s: %s: %s", len(items),
+                  url.split("://", 1)[0] + "://...", type(exc).__name__, exc)
 
 
 _start_lock = threading.Lock()
@@ -161,15 +164,20 @@ class ResultsControl(Control):
 
     def settled_many(self, calls: list[Any]) -> None:
         url, ttl = self.url, self.ttl
+        if len(calls) > 1:
+            # a chunk wrote no running records: its final ones go straight to the store from
+            # this thread (two fetch lanes write side by side, not one after the other)
+            chunk = [(call.id, self._record(call, status), ttl) for call in calls
+                     if call.id is not None and (status := STATUS_OF.get(call.outcome or "")) is not None]
+            if chunk:
+                write(url, chunk)
+            return
         items = []
         for call in calls:
             status = STATUS_OF.get(call.outcome or "")
             if call.id is not None and status is not None:
                 items.append((url, call.id, self._record(call, status), ttl))
-        if len(calls) > 1:
-            writer.put_many(items, wake=False)
-            writer.drain()
-        elif items:
+        if items:
             writer.put_many(items)
 
     @staticmethod

@@ -94,7 +94,8 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self._held = HeldConnection(self.client)  # publish's one LPUSH, without the pool's checkout
-        self._held_claim = HeldConnection(self.client)  # the dispatcher's claims, likewise
+        # the claims of a consumer's fetch lanes (two at most), likewise
+        self._held_claim = (HeldConnection(self.client), HeldConnection(self.client))
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
         self._claim = HeldScript(self._held_claim, _lua.CLAIM)
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
@@ -442,7 +443,8 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
             self._held.close()
-            self._held_claim.close()
+            for held in self._held_claim:
+                held.close()
             self.rc.close()
         return True
 

@@ -181,9 +181,14 @@ class HeldConnection:
         self.conn = None  # the parent's socket
 
     def execute(self, *args: object) -> object:
+        result = self.try_execute(args)
+        return self.client.execute_command(*args) if result is BUSY else result  # type: ignore[attr-defined]
+
+    def try_execute(self, args: tuple[object, ...]) -> object:
+        """The reply, or BUSY if another thread holds the connection (or there is none to hold)."""
         pool = self.pool
         if pool is None or not self.lock.acquire(blocking=False):
-            return self.client.execute_command(*args)  # type: ignore[attr-defined]
+            return BUSY
         try:
             conn = self.conn
             if conn is None or self.pid != os.getpid() or time.monotonic() > self.until:
@@ -249,28 +254,40 @@ def pack(args: tuple[object, ...]) -> bytes:
     return b"".join(out)
 
 
+BUSY = object()
+
+
 class _Unpackable(Exception):
     """An argument pack() leaves to redis-py."""
 
 
 class HeldScript:
-    """A Lua script run with ``EVALSHA`` on a :class:`HeldConnection`, called as redis-py's
-    ``Script`` is (``script(keys=..., args=...)``): no pool checkout per call, loaded again
-    after ``NOSCRIPT``. A cluster client runs it through redis-py's ``Script``."""
+    """A Lua script run with ``EVALSHA`` on one of a few :class:`HeldConnection` (the first
+    free one, else through the pool), called as redis-py's ``Script`` is
+    (``script(keys=..., args=...)``): no pool checkout per call, loaded again after
+    ``NOSCRIPT``. A cluster client runs it through redis-py's ``Script``."""
 
-    def __init__(self, held: HeldConnection, script: str) -> None:
+    def __init__(self, held: Sequence[HeldConnection], script: str) -> None:
         self.held = held
-        self.script = held.client.register_script(script)  # type: ignore[attr-defined]
+        self.client = held[0].client
+        self.script = self.client.register_script(script)  # type: ignore[attr-defined]
 
     def __call__(self, keys: Sequence[object], args: Sequence[object]) -> Any:
-        held = self.held
-        if held.pool is None:
+        if self.held[0].pool is None:
             return self.script(keys=keys, args=args)
+        command = ("EVALSHA", self.script.sha, len(keys), *keys, *args)
         try:
-            return held.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            return self._run(command)
         except NoScriptError:  # a restarted or flushed server
-            held.client.script_load(self.script.script)  # type: ignore[attr-defined]
-            return held.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            self.client.script_load(self.script.script)  # type: ignore[attr-defined]
+            return self._run(command)
+
+    def _run(self, command: tuple[object, ...]) -> Any:
+        for held in self.held:
+            result = held.try_execute(command)
+            if result is not BUSY:
+                return result
+        return self.client.execute_command(*command)  # type: ignore[attr-defined]
 
 
 _held: weakref.WeakSet[HeldConnection] = weakref.WeakSet()

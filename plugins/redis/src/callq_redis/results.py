@@ -55,7 +55,8 @@ class RedisResultStore:
                               "use redis:// or redis+sentinel://, or a SQL store")
         self.client = target.client
         self.blocking = open_target(parsed, socket_timeout=BLOCK + 5.0).client
-        self._held = HeldConnection(self.client)  # a chunk's write without the pool's checkout
+        # a chunk's write without the pool's checkout, from two fetch lanes at most
+        self._held = (HeldConnection(self.client), HeldConnection(self.client))
         self._put = HeldScript(self._held, _PUT)
 
     def _key(self, call_id: str) -> str:
@@ -103,6 +104,7 @@ class RedisResultStore:
             raise BrokerError(f"redis result store {self.url}: could not {what}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        self._held.close()
+        for held in self._held:
+            held.close()
         self.client.close()
         self.blocking.close()

@@ -245,7 +245,8 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self.rc = RetryingClient(self.target, url, url.float_param("retry", 60.0), connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
-        self._held_read = HeldConnection(self.client)  # acks and reads without the pool's checkout
+        # acks and reads of a consumer's fetch lanes (two at most) without the pool's checkout
+        self._held_read = (HeldConnection(self.client), HeldConnection(self.client))
         self._ack_read = HeldScript(self._held_read, _ACK_READ)
         self._reclaim = self.client.register_script(_RECLAIM)
         self._give_back = self.client.register_script(_GIVE_BACK)
@@ -523,7 +524,8 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked entries on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
-            self._held_read.close()
+            for held in self._held_read:
+                held.close()
             self.rc.close()
         return True
 
