@@ -260,11 +260,7 @@ class Consumer(CallRunner, FetchLanes, Outcomes, Stopping):
                 if not deliveries:
                     self.pool.grow_if_starved()
                     continue
-                self.last_delivery = time.monotonic()
-                with self._lock:
-                    self._unacked += len(deliveries)
-                    self._counts["received"] += len(deliveries)
-                ready = [call for call in map(self._prepare, deliveries) if call is not None]
+                ready = self._take_in(deliveries)
                 if pacers:
                     self._submit_paced(ready)
                 else:
@@ -284,6 +280,14 @@ class Consumer(CallRunner, FetchLanes, Outcomes, Stopping):
                 self.settler.requeue([c.delivery for c in ready[i:]])
                 return
             self.pool.submit(self.run, call)
+
+    def _take_in(self, deliveries: list[Delivery]) -> list[CallContext]:
+        """Count fetched deliveries as in flight; the calls ready to run now."""
+        self.last_delivery = time.monotonic()
+        with self._lock:
+            self._unacked += len(deliveries)
+            self._counts["received"] += len(deliveries)
+        return [call for call in map(self._prepare, deliveries) if call is not None]
 
     def _prepare(self, delivery: Delivery) -> CallContext | None:
         """Decode and admit; the call ready to run, or None if it was handled here."""

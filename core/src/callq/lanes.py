@@ -10,9 +10,8 @@ keep it (measured in docs/architecture.md, "A second fetch lane").
 The sibling runs as a pool task (a graceful stop waits for it like for any call) while the
 lane estimate asks for two lanes, only on brokers whose acks travel with the next fetch and
 for tasks without limit or pace controls (their decisions are the dispatcher's); it checks the
-gates (pause, blackout) before each fetch. It
-fetches without blocking and ends when the queue is empty, the estimate drops, or the
-consumer stops; the dispatcher starts it again when needed.
+gates (pause, blackout) before each fetch. It fetches without blocking and ends when the queue
+is empty, the estimate drops, or the consumer stops; the dispatcher starts it again when needed.
 
 A mixin of :class:`callq.consumer.Consumer`.
 """
@@ -20,7 +19,6 @@ A mixin of :class:`callq.consumer.Consumer`.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -82,12 +80,7 @@ class FetchLanes:
                 settler.acked(len(acks))
                 if not deliveries:
                     return
-                self.last_delivery = time.monotonic()
-                with self._lock:
-                    self._unacked += len(deliveries)
-                    self._counts["received"] += len(deliveries)
-                ready = [call for call in map(self._prepare, deliveries) if call is not None]
-                self._execute_inline(ready)
+                self._execute_inline(self._take_in(deliveries))
         finally:
             with self._lock:
                 self.siblings = 0
