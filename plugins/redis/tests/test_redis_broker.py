@@ -248,6 +248,7 @@ def test_a_claim_retried_after_a_lost_reply_loses_nothing(prefix: str) -> None:
         rest = drain(conn, queue, 2, timeout=3)
         assert sorted(d.body for d in rest) == [b"a", b"b"]
     finally:
+        broker._claim = real
         conn.close()
 
 

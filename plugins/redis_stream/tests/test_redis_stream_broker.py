@@ -156,7 +156,7 @@ def test_acks_and_the_next_read_go_in_one_round_trip(prefix: str, raw: redis.Red
         assert [d.body for d in first] == [f"m{i:02}".encode() for i in range(10)]
         assert conn.acks_with_fetch
         # every command of the broker goes through its client or its held connection
-        spied = [conn.broker.client, *conn.broker._held_read]
+        spied = [conn.broker.client, *conn.broker._ack_read.held]
         sent: list[object] = []
         for obj in spied:
             name = "execute_command" if obj is spied[0] else "try_execute"

@@ -94,10 +94,8 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self.rc = RetryingClient(self.target, url, retry_for, connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self._held = HeldConnection(self.client)  # publish's one LPUSH, without the pool's checkout
-        # the claims of a consumer's fetch lanes (two at most), likewise
-        self._held_claim = (HeldConnection(self.client), HeldConnection(self.client))
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}".replace(":", "-")
-        self._claim = HeldScript(self._held_claim, _lua.CLAIM)
+        self._claim = HeldScript(self.client, _lua.CLAIM)  # the fetch lanes' claims, likewise
         self._lmove_claim = self.client.register_script(_lua.LMOVE_CLAIM)
         self._publish_delayed = self.client.register_script(_lua.PUBLISH_DELAYED)
         self._requeue = self.client.register_script(_lua.REQUEUE)
@@ -443,8 +441,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
             self._held.close()
-            for held in self._held_claim:
-                held.close()
+            self._claim.close()
             self.rc.close()
         return True
 

@@ -262,15 +262,20 @@ class _Unpackable(Exception):
 
 
 class HeldScript:
-    """A Lua script run with ``EVALSHA`` on one of a few :class:`HeldConnection` (the first
+    """A Lua script run with ``EVALSHA`` on one of its own :class:`HeldConnection` (the first
     free one, else through the pool), called as redis-py's ``Script`` is
     (``script(keys=..., args=...)``): no pool checkout per call, loaded again after
-    ``NOSCRIPT``. A cluster client runs it through redis-py's ``Script``."""
+    ``NOSCRIPT``. ``connections``: threads that run it at once without the pool (a
+    consumer's two fetch lanes). A cluster client runs it through redis-py's ``Script``."""
 
-    def __init__(self, held: Sequence[HeldConnection], script: str) -> None:
-        self.held = held
-        self.client = held[0].client
-        self.script = self.client.register_script(script)  # type: ignore[attr-defined]
+    def __init__(self, client: object, script: str, connections: int = 2) -> None:
+        self.client = client
+        self.held = tuple(HeldConnection(client) for _ in range(connections))
+        self.script = client.register_script(script)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for held in self.held:
+            held.close()
 
     def __call__(self, keys: Sequence[object], args: Sequence[object]) -> Any:
         if self.held[0].pool is None:

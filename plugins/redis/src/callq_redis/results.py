@@ -21,7 +21,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.results.store import FINAL
 from callq.url import BrokerURL
 
-from .client import HeldConnection, HeldScript
+from .client import HeldScript
 from .topology import open_target
 
 #: longest single BLPOP (a longer wait loops)
@@ -55,9 +55,7 @@ class RedisResultStore:
                               "use redis:// or redis+sentinel://, or a SQL store")
         self.client = target.client
         self.blocking = open_target(parsed, socket_timeout=BLOCK + 5.0).client
-        # a chunk's write without the pool's checkout, from two fetch lanes at most
-        self._held = (HeldConnection(self.client), HeldConnection(self.client))
-        self._put = HeldScript(self._held, _PUT)
+        self._put = HeldScript(self.client, _PUT)  # a chunk's write without the pool's checkout
 
     def _key(self, call_id: str) -> str:
         return f"{self.prefix}:result:{call_id}"
@@ -104,7 +102,6 @@ class RedisResultStore:
             raise BrokerError(f"redis result store {self.url}: could not {what}: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        for held in self._held:
-            held.close()
+        self._put.close()
         self.client.close()
         self.blocking.close()

@@ -35,7 +35,7 @@ from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import ConfigError
 from callq.url import BrokerURL
 from callq_redis.broker import REDIS_TICK
-from callq_redis.client import HeldConnection, HeldScript, RetryingClient
+from callq_redis.client import HeldScript, RetryingClient
 from callq_redis.state import SharedStateMixin
 from callq_redis.topology import TOPOLOGY_PARAMS, open_target
 
@@ -245,9 +245,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self.rc = RetryingClient(self.target, url, url.float_param("retry", 60.0), connect_timeout)
         self.rc.connect()  # unreachable, wrong password or DB: a clear error now
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
-        # acks and reads of a consumer's fetch lanes (two at most) without the pool's checkout
-        self._held_read = (HeldConnection(self.client), HeldConnection(self.client))
-        self._ack_read = HeldScript(self._held_read, _ACK_READ)
+        self._ack_read = HeldScript(self.client, _ACK_READ)  # the fetch lanes' acks and reads, no pool checkout
         self._reclaim = self.client.register_script(_RECLAIM)
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._release = self.client.register_script(_RELEASE)
@@ -524,8 +522,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: could not give back unacked entries on close (%s); "
                         "live consumers recover them within %.0fs", self.url, exc, self.lease)
         finally:
-            for held in self._held_read:
-                held.close()
+            self._ack_read.close()
             self.rc.close()
         return True
 
