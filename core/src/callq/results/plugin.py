@@ -35,15 +35,15 @@ class Writer:
     """Batches ``(store url, id, record, ttl)`` writes, in order.
 
     A put wakes the background thread only when it sleeps; once awake it gathers what
-    arrives within :data:`LINGER` and writes it in one round trip per store. A thread that
-    ran a chunk of calls writes their records itself (:meth:`drain`): one round trip per
-    chunk, and no writer thread holding the GIL while the next calls wait for it.
+    arrives within :data:`LINGER` and writes it in one round trip per store. Only single
+    calls' records come here (``running``, then final, in order); a thread that ran a chunk
+    of calls writes their final records itself (:func:`write`): one round trip per chunk,
+    and no writer thread holding the GIL while the next calls wait for it.
     """
 
     def __init__(self) -> None:
         self._items: deque[tuple[str, str, Record, float]] = deque()
         self._cond = threading.Condition()
-        self._write_lock = threading.Lock()  # one batch at a time: records land in order
         self._pid = 0
         self._busy = False
         self._idle = False
@@ -51,11 +51,11 @@ class Writer:
     def put(self, url: str, call_id: str, record: Record, ttl: float) -> None:
         self.put_many([(url, call_id, record, ttl)])
 
-    def put_many(self, items: list[tuple[str, str, Record, float]], wake: bool = True) -> None:
+    def put_many(self, items: list[tuple[str, str, Record, float]]) -> None:
         if self._pid != os.getpid():
             self._start()
         self._items.extend(items)
-        if wake and self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
+        if self._idle:  # the writer sets _idle before it looks at _items, so no wake-up is lost
             with self._cond:
                 self._cond.notify()
 
@@ -64,7 +64,6 @@ class Writer:
             if self._pid == os.getpid():
                 return
             self._cond = threading.Condition()
-            self._write_lock = threading.Lock()
             self._items = deque(self._items) if self._pid == 0 else deque()
             threading.Thread(target=self._loop, name="callq-results", daemon=True).start()
             self._pid = os.getpid()
@@ -81,14 +80,7 @@ class Writer:
                 self._busy = True
             if len(self._items) < 500:
                 time.sleep(LINGER)
-            with self._write_lock:
-                self._write_batch()
-
-    def drain(self) -> None:
-        """Write what waits, in this thread."""
-        with self._write_lock:
-            while self._items:
-                self._write_batch()
+            self._write_batch()
 
     def _write_batch(self) -> None:
         # by store, then by id: a later record of a call (done) replaces an earlier one (running)
@@ -114,9 +106,6 @@ class Writer:
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 0.05))
-        if not self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            return False  # a drain is still writing
-        self._write_lock.release()
         return True
 
 
@@ -164,21 +153,16 @@ class ResultsControl(Control):
 
     def settled_many(self, calls: list[Any]) -> None:
         url, ttl = self.url, self.ttl
+        records = [(call.id, self._record(call, status), ttl) for call in calls
+                   if call.id is not None and (status := STATUS_OF.get(call.outcome or "")) is not None]
+        if not records:
+            return
         if len(calls) > 1:
             # a chunk wrote no running records: its final ones go straight to the store from
             # this thread (two fetch lanes write side by side, not one after the other)
-            chunk = [(call.id, self._record(call, status), ttl) for call in calls
-                     if call.id is not None and (status := STATUS_OF.get(call.outcome or "")) is not None]
-            if chunk:
-                write(url, chunk)
-            return
-        items = []
-        for call in calls:
-            status = STATUS_OF.get(call.outcome or "")
-            if call.id is not None and status is not None:
-                items.append((url, call.id, self._record(call, status), ttl))
-        if items:
-            writer.put_many(items)
+            write(url, records)
+        else:  # after its running record, through the writer, in order
+            writer.put_many([(url, *record) for record in records])
 
     @staticmethod
     def _record(call: Any, status: str) -> Record:
