@@ -23,7 +23,7 @@ from .calls import MAX_LANES, CallRunner
 from .context import CallContext
 from .controls import ControlSet, Hold, safely
 from .errors import ConfigError
-from .held import HeldCalls
+from .held import HeldCalls, Holding
 from .lanes import FetchLanes
 from .lifecycle import register_running, report_crash
 from .message import MalformedMessage, decode
@@ -67,7 +67,7 @@ def _count_value(counter: itertools.count[int]) -> int:
     return int(repr(counter)[6:-1])
 
 
-class Consumer(CallRunner, FetchLanes, Outcomes, Stopping):
+class Consumer(CallRunner, FetchLanes, Holding, Outcomes, Stopping):
     """Consumes one task's queue in this process."""
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -317,15 +317,6 @@ class Consumer(CallRunner, FetchLanes, Outcomes, Stopping):
             return False
         return True
 
-    # --- held calls (due later, on brokers without native delay) -------------------------------
-
-    def _hold(self, call: CallContext, until: float) -> None:
-        with self._lock:
-            spilled = self._held.hold(call, until)
-            self._lock.notify_all()
-        if spilled is not None:
-            self.settler.requeue([spilled.delivery], max(0.0, spilled.meta.get("eta", 0) - time.time()))
-
     def _wait_step(self) -> float:
         """How long the dispatcher may block: short while the pool has waiting work to watch."""
         if self.pool.pending > self.pool.idle:
@@ -334,17 +325,6 @@ class Consumer(CallRunner, FetchLanes, Outcomes, Stopping):
         if due_in is None:
             return self.fetch_timeout
         return max(0.0, min(self.fetch_timeout, due_in))
-
-    def _release_due(self) -> None:
-        if not self._held:
-            return
-        with self._lock:
-            due = self._held.pop_due()
-        ready = [call for call in due if self.admit(call)]
-        if self.controls.pace:  # type: ignore[attr-defined]
-            self._submit_paced(ready)
-        else:
-            self.submit_many(ready)
 
     # --- monitor: heartbeats, control ticks, plugins registered later ---------------------------
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from typing import TYPE_CHECKING
 
 from .context import CallContext
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
 
 MAX_HELD = 1000
 
@@ -52,3 +56,26 @@ class HeldCalls:
         calls = [call for _, _, call in self._heap]
         self._heap.clear()
         return calls
+
+
+class Holding:
+    """A mixin of :class:`callq.consumer.Consumer`: holding calls that are due later, and
+    running them once due."""
+
+    def _hold(self: Consumer, call: CallContext, until: float) -> None:  # type: ignore[misc]
+        with self._lock:
+            spilled = self._held.hold(call, until)
+            self._lock.notify_all()
+        if spilled is not None:
+            self.settler.requeue([spilled.delivery], max(0.0, spilled.meta.get("eta", 0) - time.time()))
+
+    def _release_due(self: Consumer) -> None:  # type: ignore[misc]
+        if not self._held:
+            return
+        with self._lock:
+            due = self._held.pop_due()
+        ready = [call for call in due if self.admit(call)]
+        if self.controls.pace:  # type: ignore[attr-defined]
+            self._submit_paced(ready)
+        else:
+            self.submit_many(ready)
