@@ -29,6 +29,7 @@ import time
 import uuid
 
 import redis
+from bench_redis import wait_for_count
 
 from callq.broker import Connection
 from callq.message import encode, new_meta
@@ -59,8 +60,7 @@ def child(url: str, counter: str, n: int, concurrency: int, case: str, history_u
 
     started = time.perf_counter()
     work.consume()
-    while int(r.get(counter) or 0) < n:
-        time.sleep(0.002)
+    wait_for_count(r, counter, n, started)
     if plugin is not None:
         plugin.flush(60)
     writer.flush(60)
