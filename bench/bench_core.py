@@ -193,14 +193,13 @@ def raw_sqlite_lease(path: str, calls: int, batch: int, results: bool = False) -
                               "queue": "q", "task": "noop", "reason": None, "started_at": started,
                               "finished_at": time.time()}
                     records.append((call_id, "done", json.dumps(record), started + 3600))
-            if not results:
-                db.execute(sq.ACK.format(sq.marks(len(ids))), (claim, *ids))
-                continue
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT OR REPLACE INTO callq_results (id, status, record, expires_at) "
-                           "VALUES (?, ?, ?, ?)", records)
+            if results:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT OR REPLACE INTO callq_results (id, status, record, expires_at) "
+                               "VALUES (?, ?, ?, ?)", records)
             db.execute(sq.ACK.format(sq.marks(len(ids))), (claim, *ids))
-            db.execute("COMMIT")
+            if results:
+                db.execute("COMMIT")
 
     result = rate(calls, consume)
     db.close()
