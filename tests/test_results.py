@@ -81,6 +81,44 @@ def test_rpc_redis(prefix: str) -> None:
     _check_rpc(f"{REDIS}?prefix={prefix}")
 
 
+@pytest.mark.parametrize("scheme", ["redis", "redis+stream"])
+def test_chunked_calls_results_go_with_the_acks(prefix: str, scheme: str) -> None:
+    # short calls run in chunks; on the default store (the broker's own URL) their final records
+    # travel in the claim script that takes the chunk's acks: every one arrives, and waiters wake
+    url = f"{scheme}://127.0.0.1:6379/0?prefix={prefix}"
+
+    @callq.task(f"carry-{uuid.uuid4().hex[:8]}", broker=url, concurrency=8, max_retries=0)
+    def square(x: int) -> int:
+        if x == 7:
+            raise ValueError("seven")
+        return x * x
+
+    handles = square.push_many([(i,) for i in range(600)])
+    square.consume()
+    try:
+        control = next(c for c in square._consumer.controls.all if c.name == "results")  # type: ignore[union-attr]
+        assert control.carried
+        assert [h.result(15) for h in handles if h is not handles[7]] == [i * i for i in range(600) if i != 7]
+        with pytest.raises(RemoteError, match="seven"):
+            handles[7].result(5)
+        assert handles[7].status == "dead"
+    finally:
+        square.stop()
+    # another store, or a mode that does not carry them: the records take their own round trip
+    other = callq.task(f"own-{uuid.uuid4().hex[:8]}", broker=url, results=f"{REDIS}?prefix={prefix}x")(_square)
+    other.consume()
+    try:
+        control = next(c for c in other._consumer.controls.all if c.name == "results")  # type: ignore[union-attr]
+        assert not control.carried
+        assert other.push(3).result(10) == 9
+    finally:
+        other.stop()
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
 def test_rpc_sqlite_broker_keeps_results_in_its_file(tmp_path: Path) -> None:
     import sqlite3
 

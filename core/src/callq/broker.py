@@ -25,6 +25,10 @@ def default_broker_url() -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(base, "callq", "callq.db"))
 
 
+#: a result record on its way to a store: (call id, record, ttl seconds)
+ResultItem = tuple[str, dict[str, Any], float]
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a broker guarantees. The contract suite tests every ``True`` here.
@@ -78,6 +82,12 @@ class BrokerBase:
     """
 
     capabilities: Capabilities = Capabilities()
+
+    def results_with_acks(self, store_url: str) -> bool:
+        """Whether this broker writes result records for the store at ``store_url`` with its acks
+        (the ``results`` argument of ``callq_ack`` / ``callq_ack_fetch``): one round trip less per
+        batch where the store lives with the queue. Default: no; the results go to the store."""
+        return False
     #: how often the worker calls ``callq_heartbeat`` (seconds); may be set per instance
     heartbeat_interval: float = 5.0
     #: queue names this broker accepts (checked when a task is decorated, dead-letter name
@@ -194,18 +204,35 @@ class Connection:
         """Whether the broker acks and fetches in one round trip (``callq_ack_fetch``)."""
         return bool(self.hook.callq_ack_fetch.get_hookimpls())
 
-    def ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int, timeout: float) -> list[Delivery]:
-        """Ack ``deliveries``, then fetch: in one round trip where the broker can."""
-        if not deliveries:
+    def carries_results(self, store_url: str) -> bool:
+        """Whether result records for ``store_url`` may go with this broker's acks (the ``results``
+        of :meth:`ack` and :meth:`ack_fetch`): the broker says so, and every implementation of
+        its ack hooks takes them (a plugin's own ``callq_ack`` that does not would drop them)."""
+        offer = getattr(self.broker, "results_with_acks", None)
+        if offer is None or not offer(store_url):
+            return False
+        for hook in (self.hook.callq_ack, self.hook.callq_ack_fetch):
+            for impl in hook.get_hookimpls():
+                if not (impl.hookwrapper or impl.wrapper) and "results" not in impl.argnames:
+                    return False
+        return True
+
+    def ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int, timeout: float,
+                  results: Sequence[ResultItem] = ()) -> list[Delivery]:
+        """Ack ``deliveries``, then fetch: in one round trip where the broker can. ``results``:
+        records the broker writes in that round trip (only where :meth:`carries_results`)."""
+        if not deliveries and not results:
             return self.fetch(queue, max_n, timeout)
         if self.acks_with_fetch:
             return self.hook.callq_ack_fetch(deliveries=deliveries, queue=queue, max_n=max_n,  # type: ignore[no-any-return]
-                                             timeout=timeout)
-        self.ack(deliveries)
+                                             timeout=timeout, results=results)
+        self.ack(deliveries, results)
         return self.fetch(queue, max_n, timeout)
 
-    def ack(self, deliveries: Sequence[Delivery]) -> int:
-        return self.hook.callq_ack(deliveries=deliveries) if deliveries else 0
+    def ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem] = ()) -> int:
+        if not deliveries and not results:
+            return 0
+        return self.hook.callq_ack(deliveries=deliveries, results=results)  # type: ignore[no-any-return]
 
     def requeue(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> int:
         return self.hook.callq_requeue(deliveries=deliveries, delay=delay) if deliveries else 0

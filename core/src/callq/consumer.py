@@ -245,13 +245,14 @@ class Consumer(CallRunner, FetchLanes, Holding, Outcomes, Stopping):
                     free = min(free, self.limit - self.limit // 2)  # the sibling lane fetches the rest
                 for c in limits:
                     free = c.limit(free)
-                acks = self.settler.take_acks() if self._acks_with_fetch else []
+                acks, carried = (self.settler.take_acks(), self.settler.take_carried()) if self._acks_with_fetch \
+                    else ([], [])
                 try:
-                    deliveries = self.conn.ack_fetch(acks, self.queue, free, self._wait_step())
+                    deliveries = self.conn.ack_fetch(acks, self.queue, free, self._wait_step(), carried)
                     self.settler.acked(len(acks))
                     backoff = 0.5
                 except Exception as exc:  # noqa: BLE001 - the broker reconnects; we keep going
-                    self.settler.untake(acks)
+                    self.settler.untake(acks, carried)
                     log.warning("fetch from %s failed (%s: %s); retrying in %.1fs",
                                 self.queue, type(exc).__name__, exc, backoff)
                     self._stopping.wait(backoff)

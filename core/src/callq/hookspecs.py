@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .broker import BrokerBase, Capabilities, Delivery
+    from .broker import BrokerBase, Capabilities, Delivery, ResultItem
     from .consumer import Consumer
     from .context import CallContext
     from .controls import Control
@@ -69,13 +69,21 @@ def callq_fetch(queue: str, max_n: int, timeout: float) -> list[Delivery]:
 
 
 @hookspec(firstresult=True)
-def callq_ack(deliveries: Sequence[Delivery]) -> int:
-    """Remove ``deliveries`` for good. Acking twice or after redelivery is harmless."""
+def callq_ack(deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
+    """Remove ``deliveries`` for good. Acking twice or after redelivery is harmless.
+
+    ``results``: ``(call id, record, ttl seconds)`` items for the result store at the broker's
+    own URL, to write in the same round trip (``deliveries`` may then be empty). Only brokers
+    whose ``results_with_acks`` says yes get any, and only if every implementation of this hook
+    and of :func:`callq_ack_fetch` takes the argument; the others never see it.
+    """
 
 
 @hookspec(firstresult=True)
-def callq_ack_fetch(deliveries: Sequence[Delivery], queue: str, max_n: int, timeout: float) -> list[Delivery]:
-    """Optional: :func:`callq_ack` ``deliveries``, then :func:`callq_fetch`, in one round trip.
+def callq_ack_fetch(deliveries: Sequence[Delivery], queue: str, max_n: int, timeout: float,
+                    results: Sequence[ResultItem]) -> list[Delivery]:
+    """Optional: :func:`callq_ack` ``deliveries`` (and write ``results``), then :func:`callq_fetch`,
+    in one round trip.
 
     Once it returns, the acks are done, whatever the fetch got; if it raises, the acks may or
     may not be done (acking twice is harmless). Brokers without it get ``callq_ack`` then

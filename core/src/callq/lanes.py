@@ -70,11 +70,11 @@ class FetchLanes:
                     if n <= 0:  # the other lane's acks are on their way: capacity comes back
                         self._lock.wait(SIBLING_WAIT)
                         continue
-                acks = settler.take_acks()
+                acks, carried = settler.take_acks(), settler.take_carried()
                 try:
-                    deliveries = conn.ack_fetch(acks, queue, n, 0.0)
+                    deliveries = conn.ack_fetch(acks, queue, n, 0.0, carried)
                 except Exception as exc:  # noqa: BLE001 - the dispatcher's next fetch retries and logs
-                    settler.untake(acks)
+                    settler.untake(acks, carried)
                     log.debug("sibling fetch from %s failed: %s: %s", queue, type(exc).__name__, exc)
                     return
                 settler.acked(len(acks))

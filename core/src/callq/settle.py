@@ -12,10 +12,10 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .broker import Connection, Delivery
+from .broker import Connection, Delivery, ResultItem
 from .context import CallContext
 from .message import dumps, encode, raw_for_dead_letter
 
@@ -56,6 +56,7 @@ class Settler:
         self._wake_dispatcher = wake_dispatcher
         self.to_ack: deque[Delivery] = deque()
         self.to_requeue: deque[tuple[Delivery, float]] = deque()
+        self.carried: deque[ResultItem] = deque()  # result records that go with the next acks
         self.wake = threading.Event()
         self.idle = False
         self.quiet = False  # calls run in the dispatcher's thread, which flushes next: no wake-up
@@ -68,6 +69,12 @@ class Settler:
         to_ack = self.to_ack
         to_ack.append(delivery)
         self._wake_dispatcher(len(to_ack))
+        if self.idle and not self.quiet:
+            self.wake.set()
+
+    def carry(self, items: list[ResultItem]) -> None:
+        """Result records the broker writes with the next acks (``conn.carries_results``)."""
+        self.carried.extend(items)
         if self.idle and not self.quiet:
             self.wake.set()
 
@@ -119,20 +126,26 @@ class Settler:
     # --- flushing ----------------------------------------------------------------------------
 
     def pending(self) -> bool:
-        return bool(self.to_ack or self.to_requeue)
+        return bool(self.to_ack or self.to_requeue or self.carried)
 
     def take_acks(self) -> list[Delivery]:
         """The acks waiting, for the caller to send (with a fetch): then :meth:`acked` or :meth:`untake`."""
         return [] if self.closed else _drain(self.to_ack)
+
+    def take_carried(self) -> list[ResultItem]:
+        """The result records waiting, to send with those acks."""
+        return _drain(self.carried) if self.carried else []
 
     def acked(self, n: int) -> None:
         if n:
             self._failures = 0
             self._on_settled(n)
 
-    def untake(self, deliveries: list[Delivery]) -> None:
+    def untake(self, deliveries: list[Delivery], carried: Sequence[ResultItem] = ()) -> None:
         """Sending them failed: the acker retries them (acking twice is harmless)."""
-        if deliveries:
+        if carried:
+            self.carried.extendleft(reversed(carried))  # before records carried since: order kept
+        if deliveries or carried:
             self.to_ack.extend(deliveries)
             self.wake.set()
 
@@ -141,13 +154,15 @@ class Settler:
             return 0
         acks = _drain(self.to_ack)
         requeues = _drain(self.to_requeue)
+        carried = self.take_carried()
         done = 0
-        if acks:
+        if acks or carried:
             try:
-                self.conn.ack(acks)
+                self.conn.ack(acks, carried)
                 done += len(acks)
             except Exception as exc:  # noqa: BLE001
-                if self._give_up("ack", len(acks), exc):
+                self.carried.extendleft(reversed(carried))  # kept, even when the acks are given up
+                if self._give_up("ack" if acks else "result write", len(acks) or len(carried), exc):
                     done += len(acks)
                 else:
                     self.to_ack.extend(acks)
@@ -189,7 +204,7 @@ class Settler:
                 time.sleep(ACK_INTERVAL)
                 continue
             self.idle = True
-            if not self.to_ack:
+            if not (self.to_ack or self.carried):
                 self.wake.wait(0.25)
             self.idle = False
             self.wake.clear()

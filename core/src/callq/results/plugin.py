@@ -140,8 +140,11 @@ class ResultsControl(Control):
         super().__init__(consumer, options)
         self.url = store_url_for(consumer.task.options)
         self.ttl = consumer.task.options.result_ttl
+        self.settler = consumer.settler
         if self.url:
             open_store(self.url)  # a bad store URL fails the consumer's start, not each call
+        # the store lives with the queue: a chunk's records go with its acks, no round trip of their own
+        self.carried = bool(self.url) and consumer.conn.carries_results(self.url)
 
     def started_many(self, calls: list[Any]) -> None:
         if len(calls) > 1:
@@ -158,9 +161,12 @@ class ResultsControl(Control):
         if not records:
             return
         if len(calls) > 1:
-            # a chunk wrote no running records: its final ones go straight to the store from
-            # this thread (two fetch lanes write side by side, not one after the other)
-            write(url, records)
+            # a chunk wrote no running records: its final ones go with the next acks, or straight
+            # to the store from this thread (two fetch lanes write side by side, not in turn)
+            if self.carried:
+                self.settler.carry(records)
+            else:
+                write(url, records)
         else:  # after its running record, through the writer, in order
             writer.put_many([(url, *record) for record in records])
 
@@ -181,6 +187,9 @@ class ResultsControl(Control):
         return record
 
     def stop(self) -> None:
+        left = self.settler.take_carried()  # the broker was gone for the last acks: try the store
+        if left:
+            write(self.url, left)
         writer.flush()
 
 

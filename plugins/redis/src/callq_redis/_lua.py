@@ -144,18 +144,46 @@ local function levels_of()
 end
 """
 
+# Result records (callq_redis.results): ARGV[first] is the store's prefix, then runs of
+# (count, ttl ms, final 0/1, id, record, id, record, ...). A record is a string with its TTL;
+# a final one wakes the waiters of its call (see results.py). Keys outside KEYS: results are
+# not supported on Redis Cluster.
+PUT_RESULTS = r"""
+local function put_results(first)
+  if first > #ARGV then return 0 end
+  local rp, i, n = ARGV[first] .. ':result:', first + 1, 0
+  while i <= #ARGV do
+    local count, ttl, final = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2] == '1'
+    for j = i + 3, i + 1 + 2 * count, 2 do
+      local key = rp .. ARGV[j]
+      redis.call('SET', key, ARGV[j + 1], 'PX', ttl)
+      if final and redis.call('EXISTS', key .. ':waiting') == 1 then
+        redis.call('RPUSH', key .. ':wake', 1)
+        redis.call('PEXPIRE', key .. ':wake', ttl)
+      end
+    end
+    n = n + count
+    i = i + 3 + 2 * count
+  end
+  return n
+end
+"""
+
 # KEYS: q, levels, delayed, seq, consumers, inflight:C
-# ARGV: base, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast), ack field...
+# ARGV: base, consumer, max_n, seq_base, dead_after_ms, track (1: reliable, 0: fast), number of
+# acks, ack field..., then result records to store (PUT_RESULTS; reliable mode only)
 # Returns {ms_to_next_delayed, recovered, has_levels, fields, lengths, bodies}: three strings,
 # not one reply element per message (the client parses a few elements, not 2n): the in-flight
 # fields joined by spaces ('' in fast mode), the bodies' byte lengths joined by spaces, and the
 # bodies concatenated.
-CLAIM = COMMON + r"""
+CLAIM = COMMON + PUT_RESULTS + r"""
 local cid, n = ARGV[2], tonumber(ARGV[3])
 local seq, dead_after, track = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local h = B .. ':inflight:' .. cid
--- acks sent with this fetch (ARGV[7..]): done before the claim, so in-flight stays bounded
-for i = 7, #ARGV, 1000 do redis.call('HDEL', h, unpack(ARGV, i, math.min(i + 999, #ARGV))) end
+-- acks sent with this fetch: done before the claim, so in-flight stays bounded
+local last_ack = 7 + tonumber(ARGV[7])
+for i = 8, last_ack, 1000 do redis.call('HDEL', h, unpack(ARGV, i, math.min(i + 999, last_ack))) end
+put_results(last_ack + 1)
 local now = now_ms()
 repair()
 local recovered = 0

@@ -29,12 +29,13 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 
-from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.broker import BrokerBase, Capabilities, Delivery, ResultItem
 from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from . import _lua
 from .client import HeldConnection, HeldScript, RetryingClient
+from .results import result_args, store_prefix
 from .state import SharedStateMixin
 from .topology import TOPOLOGY_PARAMS, open_target
 
@@ -105,6 +106,8 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self._release_fields = self.client.register_script(_lua.RELEASE_FIELDS)
         self._size = self.client.register_script(_lua.SIZE)
         self._purge = self.client.register_script(_lua.PURGE)
+        self._put_results = self.client.register_script(_lua.PUT_RESULTS + "return put_results(1)")
+        self._results_prefix = store_prefix(url)
         # What this consumer handed out and not yet acked (to find orphans after a lost reply).
         self._lock = threading.Lock()
         self._held_fields: dict[str, set[bytes]] = {}  # reliable: queue -> fields
@@ -191,30 +194,38 @@ class RedisBroker(SharedStateMixin, BrokerBase):
 
         self.rc.call(what, run)
 
+    def results_with_acks(self, store_url: str) -> bool:
+        """Reliable mode writes the records of the result store on its own URL (the default
+        store) in the claim script that takes the acks: no round trip of their own."""
+        return self.mode == "reliable" and not self.target.cluster and store_url == self.url.raw
+
     # --- fetch ---------------------------------------------------------------------------
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         return self._fetch(queue, max_n, timeout, [])
 
     def callq_ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int,
-                        timeout: float) -> list[Delivery]:
+                        timeout: float, results: Sequence[ResultItem]) -> list[Delivery]:
         if self.mode != "reliable" or max_n <= 0 or any(d.queue != queue for d in deliveries):
-            self.callq_ack(deliveries)
+            self.callq_ack(deliveries, results)
             return self.callq_fetch(queue, max_n, timeout)
-        return self._fetch(queue, max_n, timeout, [d.tag for d in deliveries])
+        return self._fetch(queue, max_n, timeout, [d.tag for d in deliveries], results)
 
-    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes]) -> list[Delivery]:
-        """``acks``: in-flight fields to delete in the first claim's round trip (reliable mode)."""
+    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes],
+               results: Sequence[ResultItem] = ()) -> list[Delivery]:
+        """``acks``: in-flight fields to delete, ``results``: records to store, both in the first
+        claim's round trip (reliable mode)."""
         if max_n <= 0:
             return []
         deadline = time.monotonic() + timeout
         base = self._list_key(queue)
         while True:
-            out, next_due_ms, has_levels = self._take(queue, max_n, acks)
+            out, next_due_ms, has_levels = self._take(queue, max_n, acks, results)
             if acks:
                 with self._lock:
                     self._held_fields.get(queue, set()).difference_update(acks)
                 acks = []
+            results = ()
             if out or self._closed:
                 return out
             remaining = deadline - time.monotonic()
@@ -246,9 +257,11 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 # nothing but returns as soon as it is non-empty; the claim script then takes.
                 self.rc.call("fetch", lambda w=wait: self.client.blmove(base, base, w, "RIGHT", "RIGHT"))
 
-    def _take(self, queue: str, max_n: int, acks: Sequence[bytes] = ()) -> tuple[list[Delivery], int, bool]:
+    def _take(self, queue: str, max_n: int, acks: Sequence[bytes] = (),
+              results: Sequence[ResultItem] = ()) -> tuple[list[Delivery], int, bool]:
         """One claim round trip: (deliveries, ms until the next delayed message or -1, has levels).
-        ``acks`` (reliable mode): in-flight fields deleted first, in the same script."""
+        ``acks`` (reliable mode): in-flight fields deleted first, ``results`` stored, in the same
+        script."""
         b = self._base(queue)
         suspect = partial(self._suspect.add, queue)
         if self.mode == "lmove":
@@ -269,6 +282,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 self._queues.add(queue)
             keys = [f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq", f"{b}:consumers",
                     self._own(queue, "inflight")]
+            tail = [len(acks), *acks, *(result_args(self._results_prefix, results) if results else ())]
 
             def claim() -> list:
                 # fresh field numbers on every attempt: a retry after a lost reply must not
@@ -277,7 +291,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                     seq = self._seq
                     self._seq += max_n
                 return self._claim(keys=keys, args=[b, self.consumer_id, max_n, seq, self.dead_after_ms,
-                                                    1 if track else 0, *acks])
+                                                    1 if track else 0, *tail])
 
             res = self.rc.call("fetch", claim, on_error=suspect if track else None)
             bodies = _split(res[4], res[5])
@@ -330,7 +344,10 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             grouped.setdefault(d.queue, []).append(d.tag if tags else d.body)
         return grouped
 
-    def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+    def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
+        if results:
+            args = result_args(self._results_prefix, results)
+            self.rc.call("store results", lambda: self._put_results(keys=[], args=args))
         if self.mode == "fast" or not deliveries:
             return len(deliveries)
         if self.mode == "reliable":

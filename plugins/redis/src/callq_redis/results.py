@@ -21,6 +21,7 @@ from callq.errors import BrokerError, ConfigError
 from callq.results.store import FINAL
 from callq.url import BrokerURL
 
+from ._lua import PUT_RESULTS
 from .client import HeldScript
 from .topology import open_target
 
@@ -28,26 +29,36 @@ from .topology import open_target
 BLOCK = 5.0
 _dumps = orjson.dumps
 
-# One round trip per batch: ARGV holds (id, record, ttl ms, final) quadruples.
-_PUT = """
-local prefix = KEYS[1] .. ':result:'
-for i = 1, #ARGV, 4 do
-  local key = prefix .. ARGV[i]
-  redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[i + 2])
-  if ARGV[i + 3] == '1' and redis.call('EXISTS', key .. ':waiting') == 1 then
-    redis.call('RPUSH', key .. ':wake', 1)
-    redis.call('PEXPIRE', key .. ':wake', ARGV[i + 2])
-  end
-end
-return #ARGV / 4
-"""
+# One round trip per batch (the same Lua the list broker runs when results go with its acks)
+_PUT = PUT_RESULTS + "return put_results(1)"
+
+
+def store_prefix(url: BrokerURL) -> str:
+    """The key prefix of the result store at ``url`` (brokers writing its records use it too)."""
+    return url.str_param("prefix", "callq") or "callq"
+
+
+def result_args(prefix: str, items: Sequence[tuple[str, dict[str, Any], float]]) -> list[Any]:
+    """``PUT_RESULTS`` arguments for ``(id, record, ttl seconds)`` items: runs of one TTL and
+    finality, in the items' order (a later record of a call replaces an earlier one)."""
+    args: list[Any] = [prefix]
+    head = -1
+    run = (0, 0)
+    for call_id, record, ttl in items:
+        key = (max(1, int(ttl * 1000)), 1 if record.get("status") in FINAL else 0)
+        if key != run or head < 0:
+            run, head = key, len(args)
+            args += (0, *key)
+        args[head] += 1
+        args += (call_id, _dumps(record))
+    return args
 
 
 class RedisResultStore:
     def __init__(self, url: str) -> None:
         parsed = BrokerURL.parse(url)
         self.url = parsed
-        self.prefix = parsed.str_param("prefix", "callq") or "callq"
+        self.prefix = store_prefix(parsed)
         target = open_target(parsed, socket_timeout=10.0)
         if target.cluster:
             target.close()
@@ -61,10 +72,8 @@ class RedisResultStore:
         return f"{self.prefix}:result:{call_id}"
 
     def put_many(self, items: Sequence[tuple[str, dict[str, Any], float]]) -> None:
-        args: list[Any] = []
-        for call_id, record, ttl in items:
-            args += (call_id, _dumps(record), max(1, int(ttl * 1000)), 1 if record.get("status") in FINAL else 0)
-        self._run("store results", lambda: self._put(keys=[self.prefix], args=args))
+        args = result_args(self.prefix, items)
+        self._run("store results", lambda: self._put(keys=[], args=args))
 
     def get(self, call_id: str) -> dict[str, Any] | None:
         raw = self._run("read a result", lambda: self.client.get(self._key(call_id)))

@@ -31,11 +31,13 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.broker import BrokerBase, Capabilities, Delivery, ResultItem
 from callq.errors import ConfigError
 from callq.url import BrokerURL
+from callq_redis._lua import PUT_RESULTS
 from callq_redis.broker import REDIS_TICK
 from callq_redis.client import HeldScript, RetryingClient
+from callq_redis.results import result_args, store_prefix
 from callq_redis.state import SharedStateMixin
 from callq_redis.topology import TOPOLOGY_PARAMS, open_target
 
@@ -72,15 +74,18 @@ until cursor == '0-0' or rounds >= 20
 return n
 """
 
-# KEYS: stream.  ARGV: group, consumer, count, id...  Acks and deletes the ids, then reads up to
+# KEYS: stream.  ARGV: group, consumer, count, number of ids, id..., then result records
+# (callq_redis's PUT_RESULTS).  Acks and deletes the ids, stores the records, then reads up to
 # count new entries without blocking (none if count is 0); replies {'id id ...', body, body...}
 # (ids in one string: a reply element costs more Python to parse than a split), body false for an
 # entry that is not callq's (not one field 'b').
-_ACK_READ = r"""
-if #ARGV > 3 then
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 4))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, 4))
+_ACK_READ = PUT_RESULTS + r"""
+local last_ack = 4 + tonumber(ARGV[4])
+if last_ack > 4 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 5, last_ack))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 5, last_ack))
 end
+put_results(last_ack + 1)
 if ARGV[3] == '0' then return {} end
 local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 if not res then return {} end
@@ -213,6 +218,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         url.check_params(KNOWN_PARAMS)
         self.group = url.str_param("group", "callq")
         self.prefix = url.str_param("prefix", "callq")
+        self._results_prefix = store_prefix(url)
         if not self.group or not self.prefix:
             raise ConfigError(f"broker URL {url}: group and prefix must not be empty")
         lease = url.float_param("lease", 10.0, minimum=1.0)
@@ -247,6 +253,7 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self._ack_read = HeldScript(self.client, _ACK_READ)  # the fetch lanes' acks and reads, no pool checkout
         self._reclaim = self.client.register_script(_RECLAIM)
+        self._put_results = self.client.register_script(PUT_RESULTS + "return put_results(1)")
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._release = self.client.register_script(_RELEASE)
         self._drop_if_empty = self.client.register_script(_DROP_IF_EMPTY)
@@ -309,20 +316,29 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             log.warning("redis %s: %s was not a stream (written by other code); its content is now an "
                         "entry that goes to the dead-letter queue", self.url, key)
 
+    def results_with_acks(self, store_url: str) -> bool:
+        """The records of the result store on this broker's own URL (the default store) are
+        written by the script that acks and reads: no round trip of their own."""
+        return not self.target.cluster and store_url == self.url.raw
+
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         return self._fetch(queue, max_n, timeout, [])
 
     def callq_ack_fetch(self, deliveries: Sequence[Delivery], queue: str, max_n: int,
-                        timeout: float) -> list[Delivery]:
+                        timeout: float, results: Sequence[ResultItem]) -> list[Delivery]:
         acks = [d.tag for d in deliveries if d.queue == queue]
         if len(acks) != len(deliveries) or len(acks) > CHUNK or max_n <= 0:
-            self.callq_ack(deliveries)
-            acks = []
-        return self._fetch(queue, max_n, timeout, acks)
+            self.callq_ack(deliveries, results)
+            acks, results = [], ()
+        return self._fetch(queue, max_n, timeout, acks, results)
 
-    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes]) -> list[Delivery]:
-        """``acks``: ids acked (and deleted) by the first read's script, before it reads."""
+    def _fetch(self, queue: str, max_n: int, timeout: float, acks: list[bytes],
+               results: Sequence[ResultItem] = ()) -> list[Delivery]:
+        """``acks``: ids acked (and deleted), ``results``: records stored, by the first read's
+        script, before it reads."""
         if max_n <= 0:
+            if results:
+                self.callq_ack([], results)
             return []
         self._ensure_group(queue)
         if time.monotonic() >= self._next_maintenance:
@@ -333,7 +349,8 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                out = self._take(queue, key, max_n, acks)
+                out = self._take(queue, key, max_n, acks, results)
+                results = ()
                 if acks:
                     self._forget(queue, acks)
                     acks = []
@@ -361,11 +378,14 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                             self.url, self.group, key)
                 self._ensure_group(queue, force=True)
 
-    def _take(self, queue: str, key: str, max_n: int, acks: Sequence[bytes] = ()) -> list[Delivery]:
+    def _take(self, queue: str, key: str, max_n: int, acks: Sequence[bytes] = (),
+              results: Sequence[ResultItem] = ()) -> list[Delivery]:
         """Up to ``max_n`` new entries, without blocking (one script call, a flat reply), after
-        acking ``acks`` in the same script."""
-        res = self.rc.call("fetch", lambda: self._ack_read(keys=[key], args=[self.group, self.consumer_id, max_n,
-                                                                              *acks]),
+        acking ``acks`` and storing ``results`` in the same script."""
+        args = [self.group, self.consumer_id, max_n, len(acks), *acks]
+        if results:
+            args += result_args(self._results_prefix, results)
+        res = self.rc.call("fetch", lambda: self._ack_read(keys=[key], args=args),
                            on_error=lambda: self._suspect.add(queue))
         if queue in self._suspect:
             self._reconcile(queue)
@@ -430,13 +450,16 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
             if held:
                 held.difference_update(ids)
 
-    def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+    def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
+        if results:
+            args = result_args(self._results_prefix, results)
+            self.rc.call("store results", lambda: self._put_results(keys=[], args=args))
         for queue, ids in self._by_queue(deliveries).items():
             key = self._key(queue)
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start:start + CHUNK]
                 self.rc.call("ack", lambda c=chunk, k=key: self._ack_read(
-                    keys=[k], args=[self.group, self.consumer_id, 0, *c]))
+                    keys=[k], args=[self.group, self.consumer_id, 0, len(c), *c]))
             self._forget(queue, ids)
         return len(deliveries)
 

@@ -6,7 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from typing import Any
+
+import pytest
 
 from ...broker import Capabilities, Connection
 from .base import ContractBase, _settle, drain
@@ -56,6 +61,47 @@ class AbstractAckTests(ContractBase):
         other = self.open(broker_url)
         try:
             assert _settle(other, queue, 1.0) == []
+        finally:
+            other.close()
+
+    def test_results_carried_with_acks_reach_the_store(self, broker_url: str, connection: Connection, queue: str,
+                                                       caps: Capabilities) -> None:
+        # a broker whose ``results_with_acks`` offers it writes result records in its ack round
+        # trips (``results=`` of ack / ack_fetch): readable from the store at that URL, in order,
+        # with their TTL, and a waiter of the call wakes
+        self.require(caps, "acks")
+        if not connection.carries_results(broker_url):
+            pytest.skip("broker does not write results with its acks (results_with_acks)")
+        from ...results.store import open_store
+
+        store = open_store(broker_url)
+        ids = [f"carried-{uuid.uuid4().hex}" for _ in range(5)]
+
+        def item(i: int, status: str, ttl: float = 60.0) -> tuple[str, dict[str, Any], float]:
+            return ids[i], {"id": ids[i], "status": status, "result": i, "error": None}, ttl
+
+        connection.publish(queue, [b"r1", b"r2", b"r3"])
+        first = drain(connection, queue, 2, ack=False)
+        assert len(first) == 2
+        rest = connection.ack_fetch(first, queue, 5, 5.0, [item(0, "running"), item(0, "done"), item(1, "dead")])
+        assert [d.body for d in rest] == [b"r3"]
+        assert store.get(ids[0]) == {"id": ids[0], "status": "done", "result": 0, "error": None}
+        assert store.get(ids[1])["status"] == "dead"  # type: ignore[index]
+        waited: list[Any] = []
+        waiter = threading.Thread(target=lambda: waited.append(store.wait(ids[2], 10.0)))
+        waiter.start()
+        time.sleep(0.3)
+        assert connection.ack(rest, [item(2, "done"), item(3, "done", ttl=0.3)]) == 1
+        waiter.join(10)
+        assert waited and waited[0]["result"] == 2
+        assert connection.ack_fetch([], queue, 5, 0.1, [item(4, "skipped")]) == []  # records alone
+        assert store.get(ids[4])["status"] == "skipped"  # type: ignore[index]
+        time.sleep(0.6)
+        assert store.get(ids[3]) is None  # its TTL ran out
+        connection.close()
+        other = self.open(broker_url)
+        try:
+            assert _settle(other, queue, 1.0) == []  # the acks that carried them held
         finally:
             other.close()
 
