@@ -162,17 +162,20 @@ class CallRunner:
     def _execute_chunk(self: Consumer, chunk: list[CallContext]) -> None:  # type: ignore[misc]
         if self._watch_start:
             self.started_many(chunk)
-        sched = _sched()  # measures the calls only: observers' writes say nothing of their needs
+        # measures the calls only (observers' writes say nothing of their needs); two lanes measure
+        # each other's GIL waits as waits, so while a sibling runs the probe decides, unmeasured
+        sched = None if self.siblings else _sched()
         wall = perf_counter()
-        cpu, delay = sched.read()
+        if sched is not None:
+            cpu, delay = sched.read()
         execute = self._execute
         done = [call for call in chunk if execute(call)]
-        cpu2, delay2 = sched.read()
         n = len(chunk)
         wall = (perf_counter() - wall) / n
-        cpu = (cpu2 - cpu) / n
         self._latency = wall
-        if not self.siblings:  # two lanes measure each other's GIL waits as waits: the probe decides
+        if sched is not None and not self.siblings:
+            cpu2, delay2 = sched.read()
+            cpu = (cpu2 - cpu) / n
             wall -= (delay2 - delay) / n  # waiting for a CPU is no reason for another thread
             need = wall / (cpu + HANDOFF)
             if self._lanes == 1 and need >= 1:  # one lane measures cleanly; else smooth the noise
