@@ -81,11 +81,13 @@ def test_rpc_redis(prefix: str) -> None:
     _check_rpc(f"{REDIS}?prefix={prefix}")
 
 
-@pytest.mark.parametrize("scheme", ["redis", "redis+stream"])
-def test_chunked_calls_results_go_with_the_acks(prefix: str, scheme: str) -> None:
+@pytest.mark.parametrize("scheme", ["redis", "redis+stream", "sqlite"])
+def test_chunked_calls_results_go_with_the_acks(prefix: str, scheme: str, tmp_path: Path) -> None:
     # short calls run in chunks; on the default store (the broker's own URL) their final records
-    # travel in the claim script that takes the chunk's acks: every one arrives, and waiters wake
-    url = f"{scheme}://127.0.0.1:6379/0?prefix={prefix}"
+    # travel with the chunk's acks (Redis: in the claim script; sqlite: in the ack's transaction):
+    # every one arrives, and waiters wake
+    url = f"sqlite:///{tmp_path}/q.db" if scheme == "sqlite" else f"{scheme}://127.0.0.1:6379/0?prefix={prefix}"
+    elsewhere = f"sqlite:///{tmp_path}/r.db" if scheme == "sqlite" else f"{REDIS}?prefix={prefix}x"
 
     @callq.task(f"carry-{uuid.uuid4().hex[:8]}", broker=url, concurrency=8, max_retries=0)
     def square(x: int) -> int:
@@ -105,7 +107,7 @@ def test_chunked_calls_results_go_with_the_acks(prefix: str, scheme: str) -> Non
     finally:
         square.stop()
     # another store, or a mode that does not carry them: the records take their own round trip
-    other = callq.task(f"own-{uuid.uuid4().hex[:8]}", broker=url, results=f"{REDIS}?prefix={prefix}x")(_square)
+    other = callq.task(f"own-{uuid.uuid4().hex[:8]}", broker=url, results=elsewhere)(_square)
     other.consume()
     try:
         control = next(c for c in other._consumer.controls.all if c.name == "results")  # type: ignore[union-attr]

@@ -200,7 +200,7 @@ class Consumer(CallRunner, FetchLanes, Holding, Outcomes, Stopping):
         settler = self.settler
         with_fetch = self._acks_with_fetch
         while not self._stopping.is_set():
-            if settler.to_requeue or settler.to_ack and not with_fetch:
+            if settler.to_requeue or (settler.to_ack or settler.carried) and not with_fetch:
                 settler.flush()
             with self._lock:
                 going = len(settler.to_ack) if with_fetch else 0

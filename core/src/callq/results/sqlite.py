@@ -64,21 +64,29 @@ class SqliteResultStore(PollingWait):
         return conn
 
     def put_many(self, items: Sequence[tuple[str, Record, float]]) -> None:
-        now = time.time()
-        rows = [(call_id, str(record.get("status", "")), orjson.dumps(record).decode(), now + ttl)
-                for call_id, record, ttl in items]
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT OR REPLACE INTO callq_results (id, status, record, expires_at) "
-                             "VALUES (?, ?, ?, ?)", rows)
-            if now - self._swept > SWEEP_EVERY:
-                self._swept = now
-                conn.execute("DELETE FROM callq_results WHERE expires_at < ?", (now,))
+            self.write_rows(conn, items)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.written()
+
+    def write_rows(self, conn: sqlite3.Connection, items: Sequence[tuple[str, Record, float]]) -> None:
+        """Write ``items`` inside the caller's transaction on ``conn`` (a connection to this file:
+        the sqlite broker stores the records of a chunk with its acks); then :meth:`written`."""
+        now = time.time()
+        conn.executemany("INSERT OR REPLACE INTO callq_results (id, status, record, expires_at) VALUES (?, ?, ?, ?)",
+                         [(call_id, str(record.get("status", "")), orjson.dumps(record).decode(), now + ttl)
+                          for call_id, record, ttl in items])
+        if now - self._swept > SWEEP_EVERY:
+            self._swept = now
+            conn.execute("DELETE FROM callq_results WHERE expires_at < ?", (now,))
+
+    def written(self) -> None:
+        """Records were committed: wake this process's waiters."""
         self._notify()
 
     def get(self, call_id: str) -> Record | None:

@@ -12,11 +12,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from callq.broker import BrokerBase, Capabilities, Delivery
+from callq.broker import BrokerBase, Capabilities, Delivery, ResultItem
 from callq.errors import BrokerError, ConfigError
+from callq.results.sqlite import SqliteResultStore
 from callq.state import StateStore
 from callq.url import BrokerURL
 
@@ -111,6 +112,7 @@ class SqliteBroker(BrokerBase):
         finally:
             self._checkin(db)
         self._state = SqliteState(self)
+        self._results: SqliteResultStore | None = None  # its own file's store, once results go with acks
 
     def __repr__(self) -> str:
         return f"SqliteBroker({self.path!r})"
@@ -129,20 +131,24 @@ class SqliteBroker(BrokerBase):
         return BrokerError(f"sqlite {operation} on {self.path} failed: {exc}")
 
     @staticmethod
-    def _by_claim(db: sqlite3.Connection, statement: str, head: tuple[Any, ...], by_claim: dict[int, list[int]]) -> int:
+    def _by_claim(db: sqlite3.Connection, statement: str, head: tuple[Any, ...], by_claim: dict[int, list[int]],
+                  also: Callable[[sqlite3.Connection], None] | None = None) -> int:
         """Run ``statement`` (``... claim = ? AND id IN ({})``) per claim, in chunks of ids, in one
-        transaction; ``head`` are the parameters before the claim. Return the rows changed."""
+        transaction; ``head`` are the parameters before the claim; ``also(db)`` runs in the same
+        transaction. Return the rows changed."""
         statements = [
             (claim, ids[start:start + sql.CHUNK])
             for claim, ids in by_claim.items() for start in range(0, len(ids), sql.CHUNK)
         ]
-        if len(statements) == 1:
+        if len(statements) == 1 and also is None:
             claim, ids = statements[0]
             return db.execute(statement.format(sql.marks(len(ids))), (*head, claim, *ids)).rowcount
         changed = 0
         db.execute("BEGIN IMMEDIATE")
         for claim, ids in statements:
             changed += db.execute(statement.format(sql.marks(len(ids))), (*head, claim, *ids)).rowcount
+        if also is not None:
+            also(db)
         db.execute("COMMIT")
         return changed
 
@@ -257,17 +263,34 @@ class SqliteBroker(BrokerBase):
                     ids.append(msg_id)
         return by_claim
 
-    def callq_ack(self, deliveries: Sequence[Delivery]) -> int:
+    def results_with_acks(self, store_url: str) -> bool:
+        """The result store in this broker's own file (the default) gets a chunk's records in the
+        transaction of its acks: one write transaction, not two."""
+        if store_url != self.url.raw:
+            return False
+        from ...results.store import open_store
+
+        self._results = open_store(store_url)  # type: ignore[assignment]
+        return isinstance(self._results, SqliteResultStore)
+
+    def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
         by_claim = self._forget(deliveries)
-        if not by_claim:
+        if not by_claim and not results:
             return 0
+        store = self._results
+        if results and store is None:
+            raise BrokerError(f"sqlite {self.path}: results sent with acks before results_with_acks() was asked")
         db = self._checkout()
         try:
-            return self._by_claim(db, sql.ACK, (), by_claim)
+            if not results:
+                return self._by_claim(db, sql.ACK, (), by_claim)
+            changed = self._by_claim(db, sql.ACK, (), by_claim, also=lambda tx: store.write_rows(tx, results))
         except sqlite3.Error as exc:
             raise self._fail("ack", exc) from exc
         finally:
             self._checkin(db)
+        store.written()
+        return changed
 
     def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
         by_claim = self._forget(deliveries)
