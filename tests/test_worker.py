@@ -156,6 +156,40 @@ def test_bounded_prefetch(mem_url):
     assert slow.stats().done == 100
 
 
+def test_default_prefetch_is_deeper_only_for_short_calls(mem_url):
+    """Default buffer: concurrency // 4 (at least 2) while calls are slow, concurrency while they
+    take under 2 ms (chunks); a buffer given explicitly holds for both."""
+    store = callq.connect(mem_url).broker._store
+    gate = threading.Event()
+
+    @callq.task("pfd", broker=mem_url, concurrency=8, stop_when_idle=0.3)
+    def slow(i):
+        gate.wait(10)
+
+    slow.push_many([(i,) for i in range(100)])
+    slow.consume()
+    time.sleep(0.5)
+    assert len(store.inflight) == 10  # 8 + max(2, 8 // 4)
+    gate.set()
+    assert slow._consumer.join(20)
+
+    def short_calls(name, **options):
+        most = [0]
+
+        @callq.task(name, broker=mem_url, concurrency=8, stop_when_idle=0.3, **options)
+        def short(i):
+            most[0] = max(most[0], len(store.inflight))
+
+        short.push_many([(i,) for i in range(3000)])
+        short.consume()
+        assert short._consumer.join(30)
+        assert short.stats().done == 3000
+        return most[0]
+
+    assert 10 < short_calls("pfs") <= 16  # 2 x concurrency
+    assert short_calls("pfe", prefetch_buffer=2) <= 10
+
+
 def test_graceful_stop_requeues_waiting_and_finishes_running(mem_url):
     started = threading.Event()
     finished = []

@@ -106,7 +106,11 @@ class CallRunner:
         if not ready:
             return
         latency = self._latency
-        if self._fast and not self.is_async and latency < CHUNK_BELOW:
+        short = self._fast and not self.is_async and latency < CHUNK_BELOW
+        limit = self._limits[short]
+        if limit != self.limit:  # fetches take this from now on; a smaller one waits for acks
+            self.limit, self._refill_at = limit, max(1, limit // 2)
+        if short:
             lanes, pool = self._lanes, self.pool
             if lanes == 2 and self._siblings_allowed:
                 if (now := monotonic()) < self._probe_at:

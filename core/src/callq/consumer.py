@@ -82,7 +82,8 @@ class Consumer(CallRunner, FetchLanes, Holding, Outcomes, Stopping):
             self.pool = AsyncioPool(opts.concurrency, name=f"callq-{opts.queue}")
         else:
             self.pool = ElasticPool(opts.concurrency, opts.keepalive, name=f"callq-{opts.queue}")
-        self.limit = opts.prefetch_limit
+        self.limit = opts.prefetch_limit  # unacked messages held at most; deeper while calls are short
+        self._limits = (opts.prefetch_limit, opts.short_call_prefetch_limit)
         self.consumer_id = f"{HOST}:{os.getpid()}:{id(self):x}"
         self.host = HOST
         self._lock = threading.Condition()

@@ -24,7 +24,8 @@ class TaskOptions:
     retry_backoff: seconds before the first retry; doubles each time (with jitter).
     retry_backoff_max: ceiling of the retry delay.
     dead_letter_queue: where failed and malformed messages go; default ``<queue>.dlq``.
-    prefetch_buffer: messages fetched beyond ``concurrency`` (default ``max(2, concurrency // 4)``).
+    prefetch_buffer: messages fetched beyond ``concurrency`` (default ``max(2, concurrency // 4)``;
+        ``concurrency`` while calls take under 2 ms, which run in chunks).
     keepalive: seconds an idle worker thread waits before it leaves.
     stop_when_idle: stop consuming once the queue stayed empty this many seconds.
     shutdown_timeout: on stop, seconds to let running calls finish.
@@ -145,6 +146,15 @@ class TaskOptions:
         """Most unacked messages a worker holds: concurrency plus a small buffer."""
         buffer = self.prefetch_buffer if self.prefetch_buffer is not None else max(2, self.concurrency // 4)
         return self.concurrency + buffer
+
+    @property
+    def short_call_prefetch_limit(self) -> int:
+        """The same while calls take under 2 ms (run in chunks): with the default buffer, twice
+        ``concurrency`` (a batch per fetch lane that pays for its round trip; held messages are
+        milliseconds of work, so no other worker waits for them); an explicit buffer holds."""
+        if self.prefetch_buffer is not None:
+            return self.prefetch_limit
+        return max(self.prefetch_limit, 2 * self.concurrency)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
