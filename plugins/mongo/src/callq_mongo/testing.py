@@ -10,22 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pymongo
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from callq.testing import servers
+from callq.testing.servers import free_port as free_port
 
 
 def _secantus_command() -> list[str]:
@@ -52,45 +46,26 @@ def secantus_server(startup_timeout: float = 60.0, data_dir: Path | None = None,
     config.write_text("")  # an explicit (empty) config: no auto-discovery of ~/.secantus
     port = port or free_port()
     log_path = workdir / "server.log"
-    log = open(log_path, "wb")
     cmd = [*_secantus_command(), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
            "--storage-path", str(data_dir or workdir / "data"), "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    proc = servers.spawn(cmd, log_path, workdir)
     url = f"mongodb://127.0.0.1:{port}/"
     try:
-        _wait_until_answers(proc, url, startup_timeout, log_path)
+        servers.wait_until(lambda: _pings(url), [proc], f"SecantusDB at {url}", startup_timeout,
+                           lambda: servers.log_tail(log_path), pause=0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        servers.stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_until_answers(proc: subprocess.Popen[bytes], url: str, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=500,
-                                                          connectTimeoutMS=500)
-        try:
-            client.admin.command("ping")
-            return
-        except Exception as exc:  # noqa: BLE001 - not up yet
-            last = exc
-            time.sleep(0.2)
-        finally:
-            client.close()
-    text = log_path.read_text(errors="replace")[-5000:] if log_path.exists() else ""
-    state = f"exited with {proc.returncode}" if proc.poll() is not None else "did not answer"
-    raise RuntimeError(f"SecantusDB {state} within {timeout:.0f}s at {url} (last error: {last}); "
-                       f"its log:\n{text}")
+def _pings(url: str) -> bool:
+    client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+    try:
+        client.admin.command("ping")
+        return True
+    finally:
+        client.close()
 
 
 @contextlib.contextmanager

@@ -13,12 +13,12 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from callq.testing import servers
+from callq.testing.servers import free_port as free_port
 
 #: log file of every pulsar-lite started here and still running, by its URL
 SERVER_LOGS: dict[str, Path] = {}
@@ -26,12 +26,6 @@ SERVER_LOGS: dict[str, Path] = {}
 #: the server's keep-alive ping interval and liveness timeout used by the tests (seconds):
 #: a consumer that stops answering (SIGSTOP, network cut) is dropped about 2x this after
 TEST_KEEPALIVE = 2
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pulsar_lite_binary() -> str:
@@ -58,51 +52,34 @@ def pulsar_lite_server(keepalive: int = TEST_KEEPALIVE, startup_timeout: float =
                       "[metrics]\nenabled = false\n")
     port = port or free_port()
     log_path = workdir / "server.log"
-    log = open(log_path, "wb")
     db = data_dir or workdir / "data"
     cmd = [pulsar_lite_binary(), "--config", str(config), "--addr", f"127.0.0.1:{port}",
            "--db-path", str(db), "--log-level", "warn"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    proc = servers.spawn(cmd, log_path, workdir)
+    url = f"pulsar://127.0.0.1:{port}"
     try:
-        _wait_until_answers(proc, port, startup_timeout, log_path)
-        url = f"pulsar://127.0.0.1:{port}"
+        servers.wait_until(lambda: _answers(port), [proc], f"pulsar-lite on 127.0.0.1:{port}", startup_timeout,
+                           lambda: servers.log_tail(log_path))
         SERVER_LOGS[url] = log_path
         yield url
     finally:
-        SERVER_LOGS.pop(f"pulsar://127.0.0.1:{port}", None)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        SERVER_LOGS.pop(url, None)
+        servers.stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait_until_answers(proc: subprocess.Popen[bytes], port: int, timeout: float, log_path: Path) -> None:
+def _answers(port: int) -> bool:
     import pulsar
 
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-            client = pulsar.Client(f"pulsar://127.0.0.1:{port}", operation_timeout_seconds=3,
-                                   connection_timeout_ms=1000, logger=logging.getLogger("callq.pulsar.client"))
-            try:
-                client.get_topic_partitions("persistent://public/default/callq-ping")
-                return
-            finally:
-                client.close()
-        except Exception as exc:  # noqa: BLE001 - not up yet
-            last = exc
-            time.sleep(0.1)
-    text = log_path.read_text(errors="replace")[-5000:] if log_path.exists() else ""
-    state = f"exited with {proc.returncode}" if proc.poll() is not None else "did not answer"
-    raise RuntimeError(f"pulsar-lite {state} within {timeout:.0f}s on 127.0.0.1:{port} "
-                       f"(last error: {last}); its log:\n{text}")
+    if not servers.answers(port):
+        return False
+    client = pulsar.Client(f"pulsar://127.0.0.1:{port}", operation_timeout_seconds=3,
+                           connection_timeout_ms=1000, logger=logging.getLogger("callq.pulsar.client"))
+    try:
+        client.get_topic_partitions("persistent://public/default/callq-ping")
+        return True
+    finally:
+        client.close()
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,17 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from callq.testing.servers import port_free
+
 BIN = Path(os.environ.get("CALLQ_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -151,7 +142,7 @@ def _ports(start: int) -> list[int]:
     base = start
     while base < start + 500:
         ports = [base, base + 1, base + 2]
-        if all(_free(p) and _free(p + 20000) for p in ports):
+        if all(port_free(p) and port_free(p + 20000) for p in ports):
             return ports
         base += 3
     raise RuntimeError(f"no free ports from {start}")

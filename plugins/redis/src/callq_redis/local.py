@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,20 +29,12 @@ from pathlib import Path
 import redis
 from redis.cluster import key_slot
 
+from callq.testing.servers import port_free
+
 REDIS_SERVER = os.environ.get("CALLQ_REDIS_SERVER", "redis-server")
 REDIS_CLI = os.environ.get("CALLQ_REDIS_CLI", "redis-cli")
 #: a replica (re)joining gets its full sync at once, not after the default 5 s wait
 FAST_SYNC = ("--repl-diskless-sync-delay", "0")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 _LOCK = Path(tempfile.gettempdir()) / "callq-local-redis-ports.lock"
@@ -94,7 +85,7 @@ def free_ports(count: int, start: int, *, bus: bool = False) -> list[int]:
         base = start
         while base + count < 10000 + start:
             ports = list(range(base, base + count))
-            if all(p not in reserved and _port_free(p) and (not bus or _port_free(p + 10000)) for p in ports):
+            if all(p not in reserved and port_free(p) and (not bus or port_free(p + 10000)) for p in ports):
                 reserved.update(dict.fromkeys(ports, os.getpid()))
                 _save(reserved)
                 return ports
