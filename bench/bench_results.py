@@ -60,7 +60,7 @@ def child(url: str, counter: str, n: int, concurrency: int, case: str, history_u
 
     started = time.perf_counter()
     work.consume()
-    wait_for_count(r, counter, n, started)
+    wait_for_count(r, counter, n)
     if plugin is not None:
         plugin.flush(60)
     writer.flush(60)
