@@ -82,12 +82,6 @@ class BrokerBase:
     """
 
     capabilities: Capabilities = Capabilities()
-
-    def results_with_acks(self, store_url: str) -> bool:
-        """Whether this broker writes result records for the store at ``store_url`` with its acks
-        (the ``results`` argument of ``callq_ack`` / ``callq_ack_fetch``): one round trip less per
-        batch where the store lives with the queue. Default: no; the results go to the store."""
-        return False
     #: how often the worker calls ``callq_heartbeat`` (seconds); may be set per instance
     heartbeat_interval: float = 5.0
     #: queue names this broker accepts (checked when a task is decorated, dead-letter name
@@ -103,6 +97,12 @@ class BrokerBase:
 
     def callq_capabilities(self) -> Capabilities:
         return self.capabilities
+
+    def results_with_acks(self, store_url: str) -> bool:
+        """Whether this broker writes result records for the store at ``store_url`` with its acks
+        (the ``results`` argument of ``callq_ack`` / ``callq_ack_fetch``): one round trip less per
+        batch where the store lives with the queue. Default: no; the results go to the store."""
+        return False
 
     def callq_heartbeat(self) -> int:
         return 0

@@ -136,6 +136,10 @@ class Settler:
         """The result records waiting, to send with those acks."""
         return _drain(self.carried) if self.carried else []
 
+    def _carry_again(self, carried: Sequence[ResultItem]) -> None:
+        """Records whose sending failed, back in front of those carried since: order kept."""
+        self.carried.extendleft(reversed(carried))
+
     def acked(self, n: int) -> None:
         if n:
             self._failures = 0
@@ -143,8 +147,7 @@ class Settler:
 
     def untake(self, deliveries: list[Delivery], carried: Sequence[ResultItem] = ()) -> None:
         """Sending them failed: the acker retries them (acking twice is harmless)."""
-        if carried:
-            self.carried.extendleft(reversed(carried))  # before records carried since: order kept
+        self._carry_again(carried)
         if deliveries or carried:
             self.to_ack.extend(deliveries)
             self.wake.set()
@@ -161,7 +164,7 @@ class Settler:
                 self.conn.ack(acks, carried)
                 done += len(acks)
             except Exception as exc:  # noqa: BLE001
-                self.carried.extendleft(reversed(carried))  # kept, even when the acks are given up
+                self._carry_again(carried)  # kept, even when the acks are given up
                 if self._give_up("ack" if acks else "result write", len(acks) or len(carried), exc):
                     done += len(acks)
                 else:

@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from callq.broker import BrokerBase, Capabilities, Delivery, ResultItem
 from callq.errors import ConfigError
+from callq.results.store import open_store
 from callq.url import BrokerURL
 from callq_redis._lua import PUT_RESULTS
 from callq_redis.broker import REDIS_TICK
@@ -253,7 +254,6 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         self.consumer_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:10]}"
         self._ack_read = HeldScript(self.client, _ACK_READ)  # the fetch lanes' acks and reads, no pool checkout
         self._reclaim = self.client.register_script(_RECLAIM)
-        self._put_results = self.client.register_script(PUT_RESULTS + "return put_results(1)")
         self._give_back = self.client.register_script(_GIVE_BACK)
         self._release = self.client.register_script(_RELEASE)
         self._drop_if_empty = self.client.register_script(_DROP_IF_EMPTY)
@@ -337,8 +337,6 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
         """``acks``: ids acked (and deleted), ``results``: records stored, by the first read's
         script, before it reads."""
         if max_n <= 0:
-            if results:
-                self.callq_ack([], results)
             return []
         self._ensure_group(queue)
         if time.monotonic() >= self._next_maintenance:
@@ -451,9 +449,8 @@ class RedisStreamBroker(SharedStateMixin, BrokerBase):
                 held.difference_update(ids)
 
     def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
-        if results:
-            args = result_args(self._results_prefix, results)
-            self.rc.call("store results", lambda: self._put_results(keys=[], args=args))
+        if results:  # no read to ride on: the store at our URL writes them, before the acks
+            open_store(self.url.raw).put_many(results)
         for queue, ids in self._by_queue(deliveries).items():
             key = self._key(queue)
             for start in range(0, len(ids), CHUNK):

@@ -270,8 +270,11 @@ class SqliteBroker(BrokerBase):
             return False
         from ...results.store import open_store
 
-        self._results = open_store(store_url)  # type: ignore[assignment]
-        return isinstance(self._results, SqliteResultStore)
+        store = open_store(store_url)
+        if not isinstance(store, SqliteResultStore):
+            return False
+        self._results = store
+        return True
 
     def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
         by_claim = self._forget(deliveries)
