@@ -80,7 +80,9 @@ class MemoryBroker(BrokerBase):
 
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
         prio = priority or 0
-        self._store.put(queue, [(prio, b) for b in bodies], delay)
+        # an exact-size copy: orjson's output sits in a 1 KiB block, and thousands of those
+        # kept waiting here spread a malloc arena (~80 MB RSS for 20,000 waiting messages)
+        self._store.put(queue, [(prio, bytes(memoryview(b))) for b in bodies], delay)
         return len(bodies)
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
