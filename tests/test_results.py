@@ -218,10 +218,40 @@ def test_redis_wait_blocks_instead_of_polling(prefix: str) -> None:
     for t in threads:
         t.start()
     time.sleep(0.2)
+    written = time.monotonic()
     store.put_many([("abc", {"id": "abc", "status": "done", "result": 7}, 10)])
     for t in threads:
         t.join(6)
     assert [r["result"] for r in got] == [7, 7]  # type: ignore[index]
+    assert time.monotonic() - written < 2.0, "woken by the write, not by the waiters' 5 s re-look"
+
+
+def test_redis_results_written_with_a_claim_wake_only_real_waiters(prefix: str) -> None:
+    import redis
+
+    from callq.broker import Connection
+
+    url = f"{REDIS}?prefix={prefix}"
+    store, conn, r = open_store(url), Connection(url), redis.Redis.from_url(REDIS)
+    assert conn.carries_results(url)
+    conn.publish("wake", [b"a", b"b", b"c"])
+    held = conn.fetch("wake", 1, 1.0)
+    # nobody waits anywhere: a final record leaves no wake list behind
+    held = conn.ack_fetch(held, "wake", 1, 1.0, [("quiet", {"id": "quiet", "status": "done"}, 60)])
+    assert store.get("quiet") == {"id": "quiet", "status": "done"}
+    assert not r.exists(f"{prefix}:result:quiet:wake")
+    # a waiter on another connection (as another process) wakes when the claim writes its call
+    other = open_store(url)
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(other.wait("loud", 10)))
+    waiter.start()
+    time.sleep(0.3)
+    written = time.monotonic()
+    conn.ack_fetch(held, "wake", 1, 1.0, [("loud", {"id": "loud", "status": "done", "result": 3}, 60)])
+    waiter.join(10)
+    assert got == [{"id": "loud", "status": "done", "result": 3}]
+    assert time.monotonic() - written < 2.0, "woken by the claim's write, not by the 5 s re-look"
+    conn.close()
 
 
 def test_memory_store_expires_and_stays_bounded() -> None:

@@ -146,14 +146,16 @@ end
 
 # Result records (callq_redis.results): ARGV[first] is the store's prefix, then runs of
 # (count, ttl ms, final 0/1, id, record, id, record, ...). A record is a string with its TTL;
-# a final one wakes the waiters of its call (see results.py). Keys outside KEYS: results are
-# not supported on Redis Cluster.
+# a final one wakes the waiters of its call (see results.py), looked for only while the
+# store-wide marker says someone waits at all. Keys outside KEYS: results are not supported
+# on Redis Cluster.
 PUT_RESULTS = r"""
 local function put_results(first)
   if first > #ARGV then return 0 end
   local rp, i, n = ARGV[first] .. ':result:', first + 1, 0
+  local watched = redis.call('EXISTS', ARGV[first] .. ':result-waiters') == 1
   while i <= #ARGV do
-    local count, ttl, final = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2] == '1'
+    local count, ttl, final = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2] == '1' and watched
     for j = i + 3, i + 1 + 2 * count, 2 do
       local key = rp .. ARGV[j]
       redis.call('SET', key, ARGV[j + 1], 'PX', ttl)

@@ -1,10 +1,11 @@
 """``redis://host:6379/0[?prefix=callq]``: a result store for ``callq.results``.
 
 A record is a Redis string ``<prefix>:result:<id>`` with the result's TTL. A waiter sets
-``<prefix>:result:<id>:waiting``, reads the record, then blocks on BLPOP of
-``<prefix>:result:<id>:wake``, which the writer pushes once the call is final if someone
-waits (the waiter pushes the token back for other waiters): no polling loop, and no wake
-list for results nobody waits for.
+``<prefix>:result-waiters`` (someone waits, store-wide) and ``<prefix>:result:<id>:waiting``,
+reads the record, then blocks on BLPOP of ``<prefix>:result:<id>:wake``, which the writer
+pushes once the call is final if someone waits (the waiter pushes the token back for other
+waiters): no polling loop, and no wake list for results nobody waits for. While nobody waits
+anywhere, a batch of records costs the writer one ``EXISTS``, not one per record.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class RedisResultStore:
         parsed = BrokerURL.parse(url)
         self.url = parsed
         self.prefix = store_prefix(parsed)
+        self.waiters_key = f"{self.prefix}:result-waiters"
         target = open_target(parsed, socket_timeout=10.0)
         if target.cluster:
             target.close()
@@ -84,9 +86,9 @@ class RedisResultStore:
         wake = self._key(call_id) + ":wake"
         waiting = self._key(call_id) + ":waiting"
         while True:
-            # announce the waiter first: a final write after this pushes a wake token, one
-            # before it is seen by the GET (the writer's script is atomic)
-            self._run("wait for a result", lambda: self.client.set(waiting, 1, px=int((BLOCK + 5) * 1000)))
+            # announce the waiter first (store-wide, then this call): a final write after this
+            # pushes a wake token, one before it is seen by the GET (the writer's script is atomic)
+            self._run("wait for a result", lambda: self._announce(waiting))
             record = self.get(call_id)
             if record is not None and record.get("status") in FINAL:
                 return record
@@ -97,6 +99,13 @@ class RedisResultStore:
             popped = self._run("wait for a result", lambda b=block: self.blocking.blpop([wake], timeout=b))
             if popped:  # give the token back for other waiters of the same call
                 self._run("wait for a result", lambda: self._give_back(wake))
+
+    def _announce(self, waiting: str) -> None:
+        ttl = int((BLOCK + 5) * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.waiters_key, 1, px=ttl)
+        pipe.set(waiting, 1, px=ttl)
+        pipe.execute()
 
     def _give_back(self, wake: str) -> None:
         pipe = self.client.pipeline(transaction=False)
