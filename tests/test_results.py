@@ -226,6 +226,31 @@ def test_redis_wait_blocks_instead_of_polling(prefix: str) -> None:
     assert time.monotonic() - written < 2.0, "woken by the write, not by the waiters' 5 s re-look"
 
 
+def test_redis_result_args_group_runs_of_one_ttl_and_finality(prefix: str) -> None:
+    import orjson
+    import redis
+
+    from callq_redis.results import result_args
+
+    def rec(name: str, status: str) -> dict[str, str]:
+        return {"id": name, "status": status}
+
+    items = [("a", rec("a", "done"), 60.0), ("b", rec("b", "running"), 60.0), ("c", rec("c", "started"), 60.0),
+             ("d", rec("d", "done"), 60.0001), ("e", rec("e", "dead"), 1.0), ("f", rec("f", "done"), 1.0)]
+    dumped = {name: orjson.dumps(record) for name, record, _ in items}
+    assert result_args("p", items) == [
+        "p", 1, 60000, 1, "a", dumped["a"],
+        2, 60000, 0, "b", dumped["b"], "c", dumped["c"],  # two statuses, neither final: one run
+        1, 60000, 1, "d", dumped["d"],
+        2, 1000, 1, "e", dumped["e"], "f", dumped["f"],
+    ]
+    assert result_args("p", []) == ["p"]
+    store, r = open_store(f"{REDIS}?prefix={prefix}"), redis.Redis.from_url(REDIS)
+    store.put_many(items)
+    assert [store.get(name)["status"] for name, _, _ in items] == ["done", "running", "started", "done", "dead", "done"]  # type: ignore[index]
+    assert 59_000 < r.pttl(f"{prefix}:result:d") <= 60_000 and 0 < r.pttl(f"{prefix}:result:f") <= 1000
+
+
 def test_redis_results_written_with_a_claim_wake_only_real_waiters(prefix: str) -> None:
     import redis
 

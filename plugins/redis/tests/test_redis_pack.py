@@ -19,7 +19,9 @@ def raw() -> Iterator[redis.Redis]:
     yield client
     client.close()
 
-_args = st.lists(st.one_of(st.binary(max_size=64), st.text(max_size=32), st.integers()), max_size=40)
+# arguments around 4,096 bytes cross pack()'s table of length headers
+_args = st.lists(st.one_of(st.binary(max_size=64), st.text(max_size=32), st.integers(),
+                           st.binary(min_size=4094, max_size=4098)), max_size=40)
 
 
 @settings(max_examples=300, deadline=None)

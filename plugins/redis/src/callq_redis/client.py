@@ -238,8 +238,8 @@ def pack(args: tuple[object, ...]) -> bytes:
     arguments); anything else raises for redis-py's packer to take."""
     if type(args[0]) is not str or not args[0].isalpha():
         raise _Unpackable  # redis-py splits a command name at spaces ("CONFIG GET")
-    out = [b"*%d\r\n" % len(args)]
-    add = out.append
+    parts = [b"*%d" % len(args)]
+    add, heads = parts.append, _HEADS
     for arg in args:
         kind = type(arg)
         if kind is bytes:
@@ -250,8 +250,16 @@ def pack(args: tuple[object, ...]) -> bytes:
             data = b"%d" % arg  # type: ignore[str-format]
         else:
             raise _Unpackable
-        add(b"$%d\r\n%s\r\n" % (len(data), data))  # type: ignore[arg-type]
-    return b"".join(out)
+        n = len(data)  # type: ignore[arg-type]
+        add(heads[n] if n < _SHORT else b"$%d" % n)
+        add(data)  # type: ignore[arg-type]
+    add(b"")
+    return b"\r\n".join(parts)
+
+
+_SHORT = 4096
+#: ``$<length>`` of the arguments shorter than _SHORT, made once (formatting each took a third of pack)
+_HEADS = tuple(b"$%d" % n for n in range(_SHORT))
 
 
 BUSY = object()

@@ -44,14 +44,21 @@ def result_args(prefix: str, items: Sequence[tuple[str, dict[str, Any], float]])
     finality, in the items' order (a later record of a call replaces an earlier one)."""
     args: list[Any] = [prefix]
     head = -1
-    run = (0, 0)
+    run: tuple[int, int] | None = None
+    seen: tuple[float, Any] | None = None  # the (ttl, status) ``run`` was made from
     for call_id, record, ttl in items:
-        key = (max(1, int(ttl * 1000)), 1 if record.get("status") in FINAL else 0)
-        if key != run or head < 0:
-            run, head = key, len(args)
-            args += (0, *key)
-        args[head] += 1
+        status = record.get("status")
+        if seen is None or seen[0] != ttl or seen[1] != status:
+            seen = (ttl, status)
+            key = (max(1, int(ttl * 1000)), 1 if status in FINAL else 0)
+            if key != run:
+                if head >= 0:
+                    args[head] = (len(args) - head - 3) // 2
+                run, head = key, len(args)
+                args += (0, *key)
         args += (call_id, _dumps(record))
+    if head >= 0:
+        args[head] = (len(args) - head - 3) // 2
     return args
 
 
