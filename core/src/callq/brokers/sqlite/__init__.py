@@ -3,7 +3,8 @@
 Only the standard library's ``sqlite3``: it ships with core, like ``memory://``.
 """
 
-from .broker import SqliteBroker, database_path
+from .broker import SqliteBroker
+from .params import database_path
 from .state import SqliteState
 
 __all__ = ["SqliteBroker", "SqliteState", "database_path"]

@@ -1,7 +1,8 @@
 """``sqlite:///path.db``: a persistent queue in one sqlite file, shared by the processes of one machine.
 
-The table layout and SQL are in :mod:`.schema`; connections, the in-process wake-up signal
-and fork safety in :mod:`.pool`; the shared key-value store in :mod:`.state`.
+The URL is read in :mod:`.params`; the table layout and SQL are in :mod:`.schema`;
+connections, the in-process wake-up signal and fork safety in :mod:`.pool`; the rows this
+broker holds leased in :mod:`.leases`; the shared key-value store in :mod:`.state`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ import logging
 import math
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from callq.broker import BrokerBase, Capabilities, Delivery, ResultItem
 from callq.errors import BrokerError, ConfigError
@@ -22,33 +21,14 @@ from callq.state import StateStore
 from callq.url import BrokerURL
 
 from . import schema as sql
+from .leases import Leases, run_per_claim
+from .params import SqliteParams, database_path
 from .pool import ConnectionPool, signal_for
 from .state import SqliteState
 
 log = logging.getLogger("callq.sqlite")
 
-_KNOWN_PARAMS = ("lease", "heartbeat", "poll", "busy_timeout", "synchronous")
-
-
-def database_path(url: BrokerURL) -> str:
-    """The absolute file path of a ``sqlite:`` URL (SQLAlchemy's convention).
-
-    ``sqlite:///rel/x.db`` is relative to the current directory, ``sqlite:////abs/x.db``
-    is absolute.
-    """
-    if url.host or url.port:
-        raise ConfigError(
-            f"broker URL {url}: a sqlite URL has no host; use sqlite:///relative/file.db "
-            "or sqlite:////absolute/file.db"
-        )
-    path = url.path[1:] if url.path.startswith("/") else url.path
-    if not path or path == ":memory:" or path.endswith("/"):
-        raise ConfigError(
-            f"broker URL {url}: name a database file, e.g. sqlite:///callq.db or "
-            "sqlite:////var/lib/callq/callq.db (in-memory databases cannot be shared)"
-        )
-    return os.path.abspath(path)
-
+__all__ = ["SqliteBroker", "database_path"]
 
 # --- the broker ------------------------------------------------------------------------------
 
@@ -62,23 +42,13 @@ class SqliteBroker(BrokerBase):
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
-        url.check_params(_KNOWN_PARAMS)
-        self.lease = url.float_param("lease", 30.0, minimum=0.0)
-        if self.lease < 0.1:
-            raise ConfigError(f"broker URL {url}: parameter lease must be >= 0.1 seconds, got {self.lease}")
-        heartbeat = url.float_param("heartbeat", self.lease / 3, minimum=0.0)
-        if not 0 < heartbeat < self.lease:
-            raise ConfigError(
-                f"broker URL {url}: parameter heartbeat must be > 0 and below lease ({self.lease}), "
-                f"got {heartbeat}"
-            )
-        self.heartbeat_interval = heartbeat  # type: ignore[misc]  # per instance: follows lease
-        self.poll = url.float_param("poll", 0.05, minimum=0.0)
-        if self.poll <= 0:
-            raise ConfigError(f"broker URL {url}: parameter poll must be > 0, got {self.poll}")
-        self.busy_timeout = url.float_param("busy_timeout", 30.0, minimum=0.0)
-        self.synchronous = url.str_param("synchronous", "normal", choices=("normal", "full")).upper()
-        self.path = database_path(url)
+        params = SqliteParams.from_url(url)
+        self.path = params.path
+        self.lease = params.lease
+        self.heartbeat_interval = params.heartbeat  # type: ignore[misc]  # per instance: follows lease
+        self.poll = params.poll
+        self.busy_timeout = params.busy_timeout
+        self.synchronous = params.synchronous
         self.capabilities = Capabilities(
             acks=True,
             persistent=True,
@@ -91,10 +61,8 @@ class SqliteBroker(BrokerBase):
             redelivery_timeout=self.lease + self.poll + 0.5,
         )
         self._signal = signal_for(self.path)
-        self._lock = threading.Lock()  # guards _inflight and _recovered
-        self._inflight: dict[int, int] = {}  # row id -> claim, fetched and not acked/requeued
+        self._leases = Leases(self.path)  # rows fetched and not yet acked, requeued or released
         self._backlog: set[str] = set()  # queues whose last fetch came back full
-        self._recovered = 0
         directory = os.path.dirname(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -120,37 +88,12 @@ class SqliteBroker(BrokerBase):
     # --- connections ------------------------------------------------------------------------
 
     def _after_fork(self) -> None:
-        # In a forked child: the parent's leases are not ours, and its threads may have
-        # held our lock.
-        self._lock = threading.Lock()
-        self._inflight = {}
-        self._recovered = 0
+        # In a forked child: the parent's leases and wake-up signal are not ours.
+        self._leases.reset()
         self._signal = signal_for(self.path)
 
     def _fail(self, operation: str, exc: sqlite3.Error) -> BrokerError:
         return BrokerError(f"sqlite {operation} on {self.path} failed: {exc}")
-
-    @staticmethod
-    def _by_claim(db: sqlite3.Connection, statement: str, head: tuple[Any, ...], by_claim: dict[int, list[int]],
-                  also: Callable[[sqlite3.Connection], None] | None = None) -> int:
-        """Run ``statement`` (``... claim = ? AND id IN ({})``) per claim, in chunks of ids, in one
-        transaction; ``head`` are the parameters before the claim; ``also(db)`` runs in the same
-        transaction. Return the rows changed."""
-        statements = [
-            (claim, ids[start:start + sql.CHUNK])
-            for claim, ids in by_claim.items() for start in range(0, len(ids), sql.CHUNK)
-        ]
-        if len(statements) == 1 and also is None:
-            claim, ids = statements[0]
-            return db.execute(statement.format(sql.marks(len(ids))), (*head, claim, *ids)).rowcount
-        changed = 0
-        db.execute("BEGIN IMMEDIATE")
-        for claim, ids in statements:
-            changed += db.execute(statement.format(sql.marks(len(ids))), (*head, claim, *ids)).rowcount
-        if also is not None:
-            also(db)
-        db.execute("COMMIT")
-        return changed
 
     # --- broker hooks ----------------------------------------------------------------------
 
@@ -235,9 +178,7 @@ class SqliteBroker(BrokerBase):
         else:
             self._backlog.discard(queue)
         recovered = sum(1 for row in rows if row[3] is not None)
-        with self._lock:
-            self._inflight.update(dict.fromkeys(ids, claim))
-            self._recovered += recovered
+        self._leases.add(ids, claim, recovered)
         if recovered:
             log.info("sqlite %s: recovered %d message(s) of queue %r from expired leases",
                      self.path, recovered, queue)
@@ -246,22 +187,6 @@ class SqliteBroker(BrokerBase):
         return [Delivery(body if type(body) is bytes else _as_bytes(body), queue, (msg_id, claim),
                          bool(again) or old_claim is not None)
                 for msg_id, body, again, old_claim in rows]
-
-    def _forget(self, deliveries: Iterable[Delivery]) -> dict[int, list[int]]:
-        """Drop ``deliveries`` from the in-flight set; return their ids grouped by claim."""
-        by_claim: dict[int, list[int]] = {}
-        inflight = self._inflight
-        with self._lock:
-            for d in deliveries:
-                msg_id, claim = d.tag
-                if inflight.get(msg_id) == claim:
-                    del inflight[msg_id]
-                ids = by_claim.get(claim)
-                if ids is None:
-                    by_claim[claim] = [msg_id]
-                else:
-                    ids.append(msg_id)
-        return by_claim
 
     def results_with_acks(self, store_url: str) -> bool:
         """The result store in this broker's own file (the default) gets a chunk's records in the
@@ -277,7 +202,7 @@ class SqliteBroker(BrokerBase):
         return True
 
     def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
-        by_claim = self._forget(deliveries)
+        by_claim = self._leases.forget(deliveries)
         if not by_claim and not results:
             return 0
         store = self._results
@@ -286,8 +211,8 @@ class SqliteBroker(BrokerBase):
         db = self._checkout()
         try:
             if not results:
-                return self._by_claim(db, sql.ACK, (), by_claim)
-            changed = self._by_claim(db, sql.ACK, (), by_claim, also=lambda tx: store.write_rows(tx, results))
+                return run_per_claim(db, sql.ACK, (), by_claim)
+            changed = run_per_claim(db, sql.ACK, (), by_claim, also=lambda tx: store.write_rows(tx, results))
         except sqlite3.Error as exc:
             raise self._fail("ack", exc) from exc
         finally:
@@ -296,12 +221,12 @@ class SqliteBroker(BrokerBase):
         return changed
 
     def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
-        by_claim = self._forget(deliveries)
+        by_claim = self._leases.forget(deliveries)
         if not by_claim:
             return 0
         db = self._checkout()
         try:
-            changed = self._by_claim(db, sql.RELEASE, (time.time() + max(delay, 0.0),), by_claim)
+            changed = run_per_claim(db, sql.RELEASE, (time.time() + max(delay, 0.0),), by_claim)
         except sqlite3.Error as exc:
             raise self._fail("requeue", exc) from exc
         finally:
@@ -309,44 +234,20 @@ class SqliteBroker(BrokerBase):
         self._signal.notify()
         return changed
 
-    def _inflight_by_claim(self) -> dict[int, list[int]]:
-        by_claim: dict[int, list[int]] = {}
-        with self._lock:
-            for msg_id, claim in self._inflight.items():
-                by_claim.setdefault(claim, []).append(msg_id)
-        return by_claim
-
     def callq_heartbeat(self) -> int:
-        by_claim = self._inflight_by_claim()
-        with self._lock:
-            recovered, self._recovered = self._recovered, 0
+        leases = self._leases
+        by_claim = leases.grouped()
+        recovered = leases.take_recovered()
         if not by_claim:
             return recovered
         db = self._checkout()
         try:
-            kept = self._by_claim(db, sql.EXTEND, (time.time() + self.lease,), by_claim)
-            if kept < sum(len(ids) for ids in by_claim.values()):
-                self._drop_lost_leases(db, by_claim)
+            leases.extend(db, by_claim, time.time() + self.lease)
         except sqlite3.Error as exc:
             raise self._fail("heartbeat", exc) from exc
         finally:
             self._checkin(db)
         return recovered
-
-    def _drop_lost_leases(self, db: sqlite3.Connection, by_claim: dict[int, list[int]]) -> None:
-        """Forget in-flight rows whose lease expired and went to another consumer (or were purged)."""
-        lost: list[int] = []
-        for claim, ids in by_claim.items():
-            for start in range(0, len(ids), sql.CHUNK):
-                chunk = ids[start:start + sql.CHUNK]
-                mine = {row[0] for row in db.execute(sql.STILL_MINE.format(sql.marks(len(chunk))), (claim, *chunk))}
-                lost.extend(i for i in chunk if i not in mine)
-        with self._lock:
-            for msg_id in lost:
-                self._inflight.pop(msg_id, None)
-        if lost:
-            log.warning("sqlite %s: lost the lease of %d message(s) before they were acked "
-                        "(heartbeats too late?); they may run twice", self.path, len(lost))
 
     def callq_purge(self, queue: str) -> int:
         db = self._checkout()
@@ -373,31 +274,13 @@ class SqliteBroker(BrokerBase):
         if self._pool.closed:
             return True
         try:
-            if not self._pool.forked:  # a forked child has no leases of its own yet
-                by_claim = self._inflight_by_claim()
-                if by_claim:
-                    self._release_on_close(by_claim)
+            # a forked child has no leases of its own yet
+            if not self._pool.forked and self._leases.release_all(self._pool):
+                self._signal.notify()
         finally:
-            with self._lock:
-                self._inflight = {}
+            self._leases.clear()
             self._pool.close()
         return True
-
-    def _release_on_close(self, by_claim: dict[int, list[int]]) -> None:
-        try:
-            db = self._checkout()
-        except BrokerError as exc:
-            log.warning("sqlite %s: could not release unacked messages on close (%s); "
-                        "they come back when their lease ends", self.path, exc)
-            return
-        try:
-            self._by_claim(db, sql.RELEASE, (time.time(),), by_claim)
-        except sqlite3.Error as exc:
-            log.warning("sqlite %s: could not release unacked messages on close (%s); "
-                        "they come back when their lease ends", self.path, exc)
-        finally:
-            self._checkin(db)
-        self._signal.notify()
 
 
 def _as_bytes(body: object) -> bytes:
