@@ -7,7 +7,7 @@ pull request for at most ``max_n`` messages (bounded prefetch); acks are explici
 extends it; requeue is ``nak`` (with a delay when asked); a message delivered more than
 ``max_deliveries`` times goes to ``<queue>.dlq``. Bodies larger than the server's
 ``max_payload`` go to an object store bucket, the message carrying only its name.
-See docs/brokers/nats.md.
+Streams, consumers and the coroutines on them are in :mod:`.streams`. See docs/brokers/nats.md.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
 
 from callq.broker import BrokerBase, Capabilities, Delivery
 from callq.errors import BrokerError, ConfigError
@@ -37,15 +35,13 @@ from . import names
 from .deadletter import dead_letter_body
 from .large import LargeBodies, object_name
 from .loop import LoopThread
+from .streams import Streams
 
 log = logging.getLogger("callq.nats")
 
 T = TypeVar("T")
 
 KNOWN_PARAMS = ("prefix", "ack_wait", "max_deliveries", "retry", "connect_timeout", "max_ack_pending", "replicas")
-DURABLE = "callq"
-#: room left for headers when deciding whether a body fits in one message
-HEADER_ROOM = 1024
 #: longest wait for the loop thread on top of an operation's own timeout
 SLACK = 10.0
 _TRANSIENT = (nats.errors.TimeoutError, asyncio.TimeoutError, TimeoutError, nats.errors.NoRespondersError,
@@ -83,11 +79,6 @@ class NatsBroker(BrokerBase):
         self._held: dict[str, Msg] = {}  # reply subject -> message handed out, not yet settled
         self._closed = False
         self._closing = False
-        # loop-thread state
-        self._ready: set[str] = set()
-        self._subs: dict[str, Any] = {}
-        self._fetch_locks: dict[str, asyncio.Lock] = {}
-        self._leftovers: dict[str, deque[Msg]] = {}
         self._io = LoopThread(f"callq-nats-{id(self):x}")
         try:
             self.nc = self._io.run(self._connect(), self.connect_timeout + 2)
@@ -96,6 +87,8 @@ class NatsBroker(BrokerBase):
             raise BrokerError(f"cannot connect to NATS at {url}: {type(exc).__name__}: {exc}") from None
         self.js = self.nc.jetstream(timeout=5.0)
         self.large = LargeBodies(self.js, self.prefix, self.replicas)
+        self.streams = Streams(self.nc, self.js, self.large, url, prefix=self.prefix, ack_wait=self.ack_wait,
+                               max_ack_pending=self.max_ack_pending, replicas=self.replicas)
 
     # --- connection ------------------------------------------------------------------------
 
@@ -136,70 +129,7 @@ class NatsBroker(BrokerBase):
             except nats.errors.Error as exc:
                 raise BrokerError(f"nats {self.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
 
-    # --- streams (loop thread) -------------------------------------------------------------
-
-    async def _ensure(self, queue: str) -> str:
-        stream = names.stream_name(self.prefix, queue)
-        if stream in self._ready:
-            return stream
-        config = api.StreamConfig(
-            name=stream, subjects=[names.subject(self.prefix, queue)], retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE, num_replicas=self.replicas, duplicate_window=120.0,
-        )
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            info = await self.js.stream_info(stream)  # exists with other settings: usable if a work queue
-            if info.config.retention != api.RetentionPolicy.WORK_QUEUE:
-                raise ConfigError(f"nats {self.url}: stream {stream} exists and is not a work queue") from None
-        consumer = api.ConsumerConfig(
-            durable_name=DURABLE, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
-            max_ack_pending=self.max_ack_pending, deliver_policy=api.DeliverPolicy.ALL,
-        )
-        try:
-            await self.js.add_consumer(stream, consumer)
-        except nats.js.errors.BadRequestError as exc:
-            info = await self.js.consumer_info(stream, DURABLE)
-            log.warning("nats %s: consumer %s/%s exists with other settings (%s); using it with ack_wait %.0fs",
-                        self.url, stream, DURABLE, exc.description, info.config.ack_wait or 0)
-        self._ready.add(stream)
-        return stream
-
-    async def _sub(self, queue: str) -> Any:
-        sub = self._subs.get(queue)
-        if sub is None:
-            stream = await self._ensure(queue)
-            sub = await self.js.pull_subscribe_bind(durable=DURABLE, stream=stream)
-            self._subs[queue] = sub
-            self._fetch_locks[queue] = asyncio.Lock()
-        return sub
-
-    async def _forget(self, queue: str) -> None:
-        self._ready.discard(names.stream_name(self.prefix, queue))
-        sub = self._subs.pop(queue, None)
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
-
     # --- publish ---------------------------------------------------------------------------
-
-    async def _publish(self, queue: str, items: list[tuple[str, bytes]]) -> None:
-        await self._ensure(queue)
-        subj = names.subject(self.prefix, queue)
-        limit = self.nc.max_payload - HEADER_ROOM
-        if len(items) == 1 and len(items[0][1]) <= limit:  # one round trip, no futures
-            await self.js.publish(subj, items[0][1], headers={api.Header.MSG_ID: items[0][0]})
-            return
-        futures = []
-        for msg_id, body in items:
-            headers = {api.Header.MSG_ID: msg_id}
-            if len(body) > limit:
-                headers.update(await self.large.put(queue, msg_id, body))
-                body = b""
-            futures.append(await self.js.publish_async(subj, body, headers=headers))
-        await asyncio.wait_for(asyncio.gather(*futures), 30.0)
 
     def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
         if not bodies:
@@ -208,46 +138,15 @@ class NatsBroker(BrokerBase):
         items = [(uuid.uuid4().hex, bytes(b)) for b in bodies]
         for start in range(0, len(items), 1000):
             chunk = items[start:start + 1000]
-            self._call(f"publish to {queue}", lambda c=chunk: self._publish(queue, c))
+            self._call(f"publish to {queue}", lambda c=chunk: self.streams.publish(queue, c))
         return len(bodies)
 
     # --- fetch -----------------------------------------------------------------------------
 
-    async def _fetch(self, queue: str, max_n: int, timeout: float) -> list[Msg]:
-        sub = await self._sub(queue)
-        started = time.monotonic()
-        async with self._fetch_locks[queue]:
-            ready = self._take_leftovers(queue, sub, max_n)
-            if ready:
-                return ready
-            left = timeout - (time.monotonic() - started)
-            try:
-                msgs = await sub.fetch(batch=max_n, timeout=max(left, 0.05))
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                return []
-            except nats.js.errors.NotFoundError:
-                await self._forget(queue)  # stream or consumer deleted under us: recreate next time
-                return []
-            if len(msgs) > max_n:
-                self._leftovers.setdefault(queue, deque()).extend(msgs[max_n:])
-            return msgs[:max_n]
-
-    def _take_leftovers(self, queue: str, sub: Any, max_n: int) -> list[Msg]:
-        """Messages a pull request delivered after its fetch returned (still ours): handed out first."""
-        over = self._leftovers.setdefault(queue, deque())
-        inner = sub._sub
-        pending = inner._pending_queue if inner is not None else None
-        while pending is not None and not pending.empty():
-            msg = pending.get_nowait()
-            inner._pending_size -= len(msg.data)
-            if msg.reply and not JetStreamContext.is_status_msg(msg):
-                over.append(msg)
-        return [over.popleft() for _ in range(min(max_n, len(over)))]
-
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         if max_n <= 0 or self._closed:
             return []
-        msgs = self._call(f"fetch from {queue}", lambda: self._fetch(queue, max_n, timeout), timeout)
+        msgs = self._call(f"fetch from {queue}", lambda: self.streams.fetch(queue, max_n, timeout), timeout)
         out: list[Delivery] = []
         for msg in msgs:
             delivered = msg.metadata.num_delivered
@@ -327,31 +226,10 @@ class NatsBroker(BrokerBase):
     # --- size / purge / close --------------------------------------------------------------
 
     def callq_size(self, queue: str) -> int:
-        stream = names.stream_name(self.prefix, queue)
-
-        async def size() -> int:
-            try:
-                info = await self.js.stream_info(stream)
-                cinfo = await self.js.consumer_info(stream, DURABLE)
-            except nats.js.errors.NotFoundError:
-                return 0
-            return max(0, info.state.messages - cinfo.num_ack_pending)
-
-        return self._call(f"size of {queue}", size)
+        return self._call(f"size of {queue}", lambda: self.streams.size(queue))
 
     def callq_purge(self, queue: str) -> int:
-        stream = names.stream_name(self.prefix, queue)
-
-        async def purge() -> int:
-            try:
-                info = await self.js.stream_info(stream)
-                await self.js.purge_stream(stream)
-            except nats.js.errors.NotFoundError:
-                return 0
-            await self.large.drop_queue(queue)
-            return int(info.state.messages)
-
-        return self._call(f"purge of {queue}", purge)
+        return self._call(f"purge of {queue}", lambda: self.streams.purge(queue))
 
     def callq_close(self) -> bool:
         if self._closed:
@@ -362,9 +240,7 @@ class NatsBroker(BrokerBase):
         self._closing = True
 
         async def close() -> None:
-            leftovers: list[Msg] = []
-            for queue, sub in self._subs.items():  # delivered to us after a fetch returned: give back too
-                leftovers += self._take_leftovers(queue, sub, 1 << 30)
+            leftovers = self.streams.take_all_leftovers()  # delivered to us after a fetch returned: give back too
             for m in held + leftovers:
                 try:
                     await m.nak()
