@@ -30,12 +30,15 @@ from collections.abc import Sequence
 from functools import partial
 
 from callq.broker import BrokerBase, Capabilities, Delivery, ResultItem
-from callq.errors import BrokerError, ConfigError
+from callq.errors import ConfigError
 from callq.results.store import open_store
 from callq.url import BrokerURL
 
 from . import _lua
 from .client import HeldConnection, HeldScript, RetryingClient
+from .keys import CHUNK
+from .publish import ListPublishing
+from .recovery import ListRecovery
 from .results import result_args, store_prefix
 from .state import SharedStateMixin
 from .topology import TOPOLOGY_PARAMS, open_target
@@ -48,15 +51,17 @@ KNOWN_PARAMS = ("mode", "prefix", "lease", "retry", "socket_timeout", "block", "
 MAX_BLOCK = 1.0
 #: idle wait slice on a queue that holds priority levels (only level 0 can be waited on)
 LEVEL_POLL = 0.1
-#: values per LPUSH / ids per script call
-CHUNK = 1000
 #: Redis times out blocked clients on its timer tick (hz 10: every 100 ms), so a blocking call
 #: returns up to a tick late; a wait that must end on time blocks until a tick before, then sleeps
 REDIS_TICK = 0.1
 
 
-class RedisBroker(SharedStateMixin, BrokerBase):
-    """Queues on Redis lists; see the module docstring and docs/brokers/redis.md."""
+class RedisBroker(ListPublishing, ListRecovery, SharedStateMixin, BrokerBase):
+    """Queues on Redis lists; see the module docstring and docs/brokers/redis.md.
+
+    This class reads the URL, fetches (the claim script) and acks. Publishing is in publish.py;
+    requeue, lost-reply orphans, heartbeat and close (giving messages back) in recovery.py.
+    """
 
     # Redis keys are binary-safe strings up to 512 MB; the name is part of several keys
     max_queue_name = 10_000
@@ -118,88 +123,12 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         self._queue_keys: dict[str, str] = {}  # queue -> its level-0 list key (publish)
         self._closed = False
 
-    # --- keys ----------------------------------------------------------------------------
-
-    def _base(self, queue: str) -> str:
-        return f"{self.prefix}:{{{queue}}}"
-
-    def _list_key(self, queue: str, level: int = 0) -> str:
-        b = self._base(queue)
-        return f"{b}:q" if level == 0 else f"{b}:qp{level}"
-
-    def _queue_key(self, queue: str) -> str:
-        """``_list_key(queue)``, remembered for publish (a bounded cache: queue names are few)."""
-        key = self._list_key(queue)
-        if len(self._queue_keys) >= 1024:
-            self._queue_keys.clear()
-        self._queue_keys[queue] = key
-        return key
-
-    def _own(self, queue: str, what: str) -> str:
-        """This consumer's ``inflight`` hash or ``proc`` list of ``queue``."""
-        return f"{self._base(queue)}:{what}:{self.consumer_id}"
-
-    # --- publish -------------------------------------------------------------------------
-
-    def callq_publish(self, queue: str, bodies: Sequence[bytes], delay: float, priority: int | None) -> int:
-        if not priority and delay <= 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
-            # the common case, one LPUSH: the list key from a cache, no closure
-            key = self._queue_keys.get(queue)
-            if key is None:
-                key = self._queue_key(queue)
-            if bodies:
-                self.rc.run("publish", self._held.execute, "LPUSH", key, *bodies)
-            return len(bodies)
-        if not bodies:
-            return 0
-        level = int(priority) if priority and self.mode != "lmove" else 0
-        b = self._base(queue)
-        if delay > 0:
-            delay_ms = max(1, int(delay * 1000))
-            for start in range(0, len(bodies), CHUNK):
-                chunk = list(bodies[start:start + CHUNK])
-
-                def build(client: object = None, c: list[bytes] = chunk) -> None:
-                    self._publish_delayed(keys=[f"{b}:delayed", f"{b}:seq"],
-                                          args=[b, str(level), delay_ms, *c], client=client)
-                if self.target.wait_replicas:
-                    self._write("publish", f"{b}:delayed", build)
-                else:
-                    self.rc.call("publish", build)
-            return len(bodies)
-        key = self._list_key(queue, level)
-        if level == 0 and len(bodies) <= CHUNK and not self.target.wait_replicas:
-            self.rc.run("publish", self.client.lpush, key, *bodies)
-            return len(bodies)
-
-        def send(pipe: object) -> None:
-            for start in range(0, len(bodies), CHUNK):
-                pipe.lpush(key, *bodies[start:start + CHUNK])  # type: ignore[attr-defined]
-            if level:
-                pipe.zadd(f"{b}:levels", {str(level): level})  # type: ignore[attr-defined]
-
-        self._write("publish", key, send, transaction=True)
-        return len(bodies)
-
-    def _write(self, what: str, key: str, build: object, transaction: bool = False) -> None:
-        """Run ``build(pipe)``; with ``wait=N`` also WAIT for N replicas on the same connection."""
-        if self.target.wait_replicas:
-            self.rc.call(what, lambda: self.target.write_and_wait(key, build))  # type: ignore[arg-type]
-            return
-
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=transaction)
-            build(pipe)  # type: ignore[operator]
-            pipe.execute()
-
-        self.rc.call(what, run)
+    # --- fetch ---------------------------------------------------------------------------
 
     def results_with_acks(self, store_url: str) -> bool:
         """Reliable mode writes the records of the result store on its own URL (the default
         store) in the claim script that takes the acks: no round trip of their own."""
         return self.mode == "reliable" and not self.target.cluster and store_url == self.url.raw
-
-    # --- fetch ---------------------------------------------------------------------------
 
     def callq_fetch(self, queue: str, max_n: int, timeout: float) -> list[Delivery]:
         return self._fetch(queue, max_n, timeout, [])
@@ -309,40 +238,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
             self._reconcile(queue)
         return out, int(res[0]), bool(res[2])
 
-    def _reconcile(self, queue: str) -> None:
-        """Give back what our in-flight structures hold but we never handed out (lost replies)."""
-        self._suspect.discard(queue)
-        b = self._base(queue)
-        n = 0
-        if self.mode == "reliable":
-            with self._lock:
-                held_f = set(self._held_fields.get(queue, ()))
-            h = self._own(queue, "inflight")
-            orphans = [f for f in self.rc.call("reconcile", lambda: self.client.hkeys(h)) if f not in held_f]
-            for start in range(0, len(orphans), CHUNK):
-                chunk = orphans[start:start + CHUNK]
-                n += self.rc.call("reconcile", lambda c=chunk: self._release_fields(
-                    keys=[h, f"{b}:q", f"{b}:levels"], args=[b, self.consumer_id, *c]))
-        else:
-            with self._lock:
-                held_b = Counter(self._held_bodies)
-            proc = self._own(queue, "proc")
-            items = Counter(self.rc.call("reconcile", lambda: self.client.lrange(proc, 0, -1)))
-            for body, count in items.items():
-                extra = count - held_b.get((queue, body), 0)
-                if extra > 0:
-                    n += self.rc.call("reconcile", lambda bd=body, k=extra: self._lmove_requeue(
-                        keys=[proc, f"{b}:q", f"{b}:delayed", f"{b}:seq"], args=[b, self.consumer_id, 0, *([bd] * k)]))
-        if n:
-            log.warning("redis %s: gave back %d message(s) claimed by a fetch whose reply was lost", self.url, n)
-
-    # --- ack / requeue -------------------------------------------------------------------
-
-    def _by_queue(self, deliveries: Sequence[Delivery], tags: bool) -> dict[str, list[bytes]]:
-        grouped: dict[str, list[bytes]] = {}
-        for d in deliveries:
-            grouped.setdefault(d.queue, []).append(d.tag if tags else d.body)
-        return grouped
+    # --- ack -----------------------------------------------------------------------------
 
     def callq_ack(self, deliveries: Sequence[Delivery], results: Sequence[ResultItem]) -> int:
         if results:  # no claim to ride on: the store at our URL writes them, before the acks
@@ -382,51 +278,7 @@ class RedisBroker(SharedStateMixin, BrokerBase):
                 else:
                     held.pop(key, None)
 
-    def callq_requeue(self, deliveries: Sequence[Delivery], delay: float) -> int:
-        if not deliveries:
-            return 0
-        delay_ms = max(0, int(delay * 1000))
-        if self.mode == "fast":  # already gone from Redis: publish again
-            for queue, bodies in self._by_queue(deliveries, tags=False).items():
-                self.callq_publish(queue, bodies, delay, None)
-            return len(deliveries)
-        n = 0
-        reliable = self.mode == "reliable"
-        for queue, items in self._by_queue(deliveries, tags=reliable).items():
-            b = self._base(queue)
-            own = self._own(queue, "inflight" if reliable else "proc")
-            keys = [own, f"{b}:q", f"{b}:levels", f"{b}:delayed", f"{b}:seq"]
-            script = self._requeue if reliable else self._lmove_requeue
-            for start in range(0, len(items), CHUNK):
-                chunk = items[start:start + CHUNK]
-                n += self.rc.call("requeue", lambda c=chunk, s=script, k=keys, bb=b: s(
-                    keys=k, args=[bb, self.consumer_id, delay_ms, *c]))
-            if reliable:
-                with self._lock:
-                    self._held_fields.get(queue, set()).difference_update(items)
-        if not reliable:
-            self._forget_bodies(deliveries)
-        return n
-
-    # --- heartbeat / size / purge / close -----------------------------------------------
-
-    def callq_heartbeat(self) -> int:
-        """Renew this consumer's score on its queues; give back the messages of silent consumers."""
-        if self.mode == "fast":
-            return 0
-        register = 0 if self._closed else 1
-        total = 0
-        for queue in list(self._queues):
-            b = self._base(queue)
-            while True:
-                recovered, dead = self.rc.call("heartbeat", lambda b=b: self._heartbeat(
-                    keys=[f"{b}:consumers"], args=[b, self.consumer_id, self.dead_after_ms, register]))
-                total += int(recovered)
-                if int(dead) < 50:
-                    break
-        if total:
-            log.warning("redis %s: gave back %d message(s) of dead consumers", self.url, total)
-        return total
+    # --- size / purge --------------------------------------------------------------------
 
     def callq_size(self, queue: str) -> int:
         b = self._base(queue)
@@ -437,29 +289,6 @@ class RedisBroker(SharedStateMixin, BrokerBase):
         b = self._base(queue)
         return int(self.rc.call("purge", lambda: self._purge(keys=[f"{b}:q", f"{b}:levels", f"{b}:delayed"],
                                                              args=[b])))
-
-    def callq_close(self) -> bool:
-        if self._closed:
-            return True
-        self._closed = True
-        try:
-            self.rc.retry_for = min(self.rc.retry_for, 5.0)
-            n = 0
-            for queue in list(self._queues):
-                b = self._base(queue)
-                n += self.rc.call("close", lambda b=b, q=queue: self._release(
-                    keys=[f"{b}:consumers", self._own(q, "inflight"), self._own(q, "proc"), f"{b}:q"],
-                    args=[b, self.consumer_id]))
-            if n:
-                log.info("redis %s: gave back %d unacked message(s) on close", self.url, n)
-        except BrokerError as exc:
-            log.warning("redis %s: could not give back unacked messages on close (%s); "
-                        "live consumers recover them within %.0fs", self.url, exc, self.lease)
-        finally:
-            self._held.close()
-            self._claim.close()
-            self.rc.close()
-        return True
 
     def __repr__(self) -> str:
         return f"RedisBroker({str(self.url)!r}, mode={self.mode!r}, consumer={self.consumer_id!r})"
