@@ -1,7 +1,7 @@
 """callq-redis (and callq-redis-stream) against raw redis-py doing the same work, same machine, same run.
 
     .venv/bin/python bench/bench_redis.py [--single 4500] [--batched 60000] [--consume 9000]
-                                          [--worker 20000] [--concurrency 16] [--worker-rounds 3]
+                                          [--worker 20000] [--concurrency 16] [--worker-rounds 5]
                                           [--processes 2] [--rounds 5]
                                           [--modes reliable,lmove,fast,stream] [--json]
 
@@ -264,7 +264,7 @@ def main() -> None:
     ap.add_argument("--fetch", type=int, default=100)
     ap.add_argument("--worker", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--worker-rounds", type=int, default=3, help="interleaved worker/raw runs (median)")
+    ap.add_argument("--worker-rounds", type=int, default=5, help="interleaved worker/raw runs (median)")
     ap.add_argument("--processes", type=int, default=2, help="also run the reliable worker in N processes")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--modes", default="reliable,lmove,fast,stream")
