@@ -276,3 +276,20 @@ def test_stats_count_outcomes(mem_url, fail):
     f.push()
     stats = run_until_idle(f)
     assert (stats.done, stats.dead) == ((0, 1) if fail else (1, 0))
+
+
+def test_consume_returns_before_a_backlog_of_short_calls_runs(mem_url):
+    # consume() starts threads and returns; the dispatcher, running short calls inline, once
+    # kept the GIL while this thread waited in Thread.start(): the whole backlog ran first
+    for round_ in range(20):
+        @callq.task(f"prompt-{round_}", broker=mem_url, concurrency=32, results=False)
+        def noop(i):
+            return None
+
+        noop.push_many((i,) for i in range(50_000))
+        consumer = noop.consume()
+        try:
+            assert consumer.stats().done < 50_000, "consume() returned only after every call ran"
+        finally:
+            noop.stop()
+            noop.clear()

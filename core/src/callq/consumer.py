@@ -134,8 +134,10 @@ class Consumer(CallRunner, FetchLanes, Holding, Outcomes, Stopping):
             self._stopped.set()
             raise
         register_running(self)
-        for target, name in ((self._dispatch_loop, "dispatch"), (self._ack_loop, "ack"),
-                             (self._monitor_loop, "monitor")):
+        # the dispatcher last: once it runs short calls it may keep the GIL, and this thread
+        # would wait in Thread.start() for the others (seen: the whole queue run first)
+        for target, name in ((self._ack_loop, "ack"), (self._monitor_loop, "monitor"),
+                             (self._dispatch_loop, "dispatch")):
             threading.Thread(target=target, name=f"callq-{self.queue}-{name}", daemon=name != "dispatch").start()
         log.info("consuming %s from %s (concurrency %d%s)", self.queue, self.conn.url,
                  self.options.concurrency, f", qps {self.options.qps}" if self.options.qps else "")
