@@ -133,14 +133,16 @@ class Leases:
         try:
             db = pool.checkout()
         except BrokerError as exc:
-            log.warning("sqlite %s: could not release unacked messages on close (%s); "
-                        "they come back when their lease ends", self.path, exc)
+            self._not_released(exc)
             return False
         try:
             run_per_claim(db, sql.RELEASE, (time.time(),), by_claim)
         except sqlite3.Error as exc:
-            log.warning("sqlite %s: could not release unacked messages on close (%s); "
-                        "they come back when their lease ends", self.path, exc)
+            self._not_released(exc)
         finally:
             pool.checkin(db)
         return True
+
+    def _not_released(self, exc: Exception) -> None:
+        log.warning("sqlite %s: could not release unacked messages on close (%s); "
+                    "they come back when their lease ends", self.path, exc)
