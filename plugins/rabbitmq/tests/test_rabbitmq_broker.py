@@ -13,7 +13,7 @@ import pytest
 from callq.broker import Connection
 from callq.errors import BrokerError, ConfigError
 from callq.testing import drain, fresh_queue_name
-from callq_rabbitmq.broker import delay_ms, delay_queue_name
+from callq_rabbitmq.queues import delay_ms, delay_queue_name
 
 BASE = "amqp://guest:guest@127.0.0.1:5672/%2F"
 URL = f"{BASE}?queue_expires=600"

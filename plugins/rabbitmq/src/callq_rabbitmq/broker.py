@@ -47,22 +47,10 @@ from callq.errors import BrokerError, ConfigError
 from callq.url import BrokerURL
 
 from .consume_channel import ConsumeChannel
-from .errors import describe_error
 from .inbox import Inbox
 from .io_thread import IoThread
 from .publish_channel import PublishChannel
-from .queues import (
-    DELAY_QUEUE_SLACK_MS,
-    DELAY_REDECLARE,
-    QUEUE_TYPES,
-    QueueArguments,
-    delay_ms,
-    delay_queue_name,
-)
-
-# names this module has always offered
-__all__ = ["ACK_WAIT", "DELAY_QUEUE_SLACK_MS", "DELAY_REDECLARE", "KNOWN_PARAMS", "QUEUE_TYPES", "RabbitmqBroker",
-           "delay_ms", "delay_queue_name", "describe_error"]
+from .queues import QUEUE_TYPES, QueueArguments
 
 log = logging.getLogger("callq.rabbitmq")
 
