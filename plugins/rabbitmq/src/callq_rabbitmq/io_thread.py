@@ -190,22 +190,22 @@ class IoThread:
         self._run_ops()
 
     def _on_publish_channel_closed(self, ch: Any, reason: BaseException) -> None:
-        if ch is not self.publisher.channel:
-            return
-        self.publisher.closed(channel_error(reason, self.url))
-        if self._closing or self._conn is None or not self._conn.is_open:
-            return
-        log.warning("RabbitMQ publish channel closed: %s; reopening", reason)
-        self._conn.channel(on_open_callback=self._on_publish_channel)
+        self._channel_closed(self.publisher, ch, reason, self._on_publish_channel, "publish channel", "reopening")
 
     def _on_consume_channel_closed(self, ch: Any, reason: BaseException) -> None:
-        if ch is not self.consumer.channel:
+        self._channel_closed(self.consumer, ch, reason, self._on_consume_channel, "consume channel",
+                             "reopening and re-subscribing")
+
+    def _channel_closed(self, side: PublishChannel | ConsumeChannel, ch: Any, reason: BaseException,
+                        reopened: Callable[[Any], None], what: str, then: str) -> None:
+        """Fail ``side``'s waiting operations; reopen it unless the connection is going away."""
+        if ch is not side.channel:
             return
-        self.consumer.closed(channel_error(reason, self.url))
+        side.closed(channel_error(reason, self.url))
         if self._closing or self._conn is None or not self._conn.is_open:
             return
-        log.warning("RabbitMQ consume channel closed: %s; reopening and re-subscribing", reason)
-        self._conn.channel(on_open_callback=self._on_consume_channel)
+        log.warning("RabbitMQ %s closed: %s; %s", what, reason, then)
+        self._conn.channel(on_open_callback=reopened)
 
     def _run_ops(self) -> None:
         """Run queued operations (only while both channels are open)."""
